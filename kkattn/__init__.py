@@ -1,0 +1,30 @@
+"""kkattn — fused neighborhood key–key attention.
+
+``O = softmax(scale · K Kᵀ + G) V`` with ``G(i, j) = exp(−‖p_i − p_j‖² / (2σ²))`` over the token
+grid, generated on the fly (never an N×N matrix) by Triton kernels on GPUs and a blockwise
+PyTorch path on CPUs, with a materialized reference as the oracle.
+
+Public API:
+
+* :func:`neighborhood_kk_attention` — the operator (autograd, ``torch.compile``, ``FlopCounterMode``).
+* :func:`gaussian_prior` — the materialized G, for references and plots.
+* :mod:`kkattn.reference` — the plain-PyTorch oracle.
+* :func:`available_backends` — what this install can run, and why not.
+* :class:`kkattn.nn.NeighborhoodKKAttention` — the attention module for ViT blocks.
+"""
+from . import nn, reference, testing
+from .backends import BackendStatus, available_backends
+from .functional import neighborhood_kk_attention
+from .reference import gaussian_prior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendStatus",
+    "available_backends",
+    "gaussian_prior",
+    "neighborhood_kk_attention",
+    "nn",
+    "reference",
+    "testing",
+]

@@ -1,0 +1,32 @@
+"""Output allocation for every backend, with an optional NaN poison for tests.
+
+Kernels write into buffers from :func:`empty_output`; under :func:`kkattn.testing.poisoned_outputs`
+those buffers start NaN-filled, so an element a kernel forgot to write fails the comparison
+instead of passing by luck with leftover memory.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_poison_depth = 0
+
+
+def poisoning() -> bool:
+    return _poison_depth > 0
+
+
+def _maybe_poison(t: Tensor) -> Tensor:
+    if _poison_depth > 0:
+        t.fill_(float("nan"))
+    return t
+
+
+def empty_output(shape, *, like: Tensor, dtype=None) -> Tensor:
+    """A contiguous output buffer on ``like``'s device."""
+    return _maybe_poison(torch.empty(shape, dtype=dtype or like.dtype, device=like.device))
+
+
+def empty_output_like(t: Tensor) -> Tensor:
+    """A buffer with ``t``'s shape, dtype and (dense) layout — gradients keep their input's layout."""
+    return _maybe_poison(torch.empty_like(t))

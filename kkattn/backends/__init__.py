@@ -1,0 +1,162 @@
+"""Backend registry: what each backend can run, why not, and which one ``backend="auto"`` picks.
+
+Each backend exposes ``status()`` (can this install run it at all), ``check(k)`` (can it take these
+inputs — ``check(device_type, dtype, head_dim)`` raises a clear error otherwise) and ``forward``/``backward`` with one signature:
+
+* ``forward(k, v, sigma, grid_w, num_prefix_tokens, scale) -> (out, lse)``
+* ``backward(dout, k, v, out, lse, sigma, grid_w, num_prefix_tokens, scale, need_dsigma) -> (dk, dv, dsigma)``
+
+with ``sigma`` the ``(H,)`` per-head σ tensor or ``None`` (no prior).  ``"reference"`` is not in
+this registry: it is plain autograd and is called directly by the public operator.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import chunked
+
+BACKEND_NAMES = ("auto", "reference", "chunked", "triton", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run on this install, and why (not)."""
+
+    name: str
+    available: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.detail}"
+
+
+class _Chunked:
+    name = "chunked"
+    forward = staticmethod(chunked.forward)
+    backward = staticmethod(chunked.backward)
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(self.name, True, "available (plain PyTorch, any device, O(block·N) memory)")
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
+        pass
+
+
+class _Triton:
+    name = "triton"
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    head_dims = (16, 32, 64, 128)  # tl.arange needs a power of two; tl.dot needs >= 16
+
+    def _launch(self):
+        from . import triton_launch  # imports triton: deferred until first use
+        return triton_launch
+
+    def forward(self, *args):
+        return self._launch().forward(*args)
+
+    def backward(self, *args):
+        return self._launch().backward(*args)
+
+    def status(self) -> BackendStatus:
+        if importlib.util.find_spec("triton") is None:
+            return BackendStatus(self.name, False, "not installed (pip install triton)")
+        if torch.cuda.is_available():
+            return BackendStatus(self.name, True, "available (GPU)")
+        if _interpreting():
+            return BackendStatus(self.name, True, "available (TRITON_INTERPRET=1: CPU tensors, slow)")
+        return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
+        if dtype not in self.dtypes:
+            raise TypeError(f"backend 'triton' takes float16, bfloat16 or float32 k/v, got {dtype}")
+        if head_dim not in self.head_dims:
+            raise ValueError(f"backend 'triton' takes head dims {self.head_dims}, got D = {head_dim}")
+        if device_type == "cpu" and not _interpreting():
+            raise ValueError("backend 'triton' got CPU tensors without TRITON_INTERPRET=1 "
+                             "(set it before the first Triton call)")
+        if device_type == "cuda" and _interpreting():
+            raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
+                             "CPU tensors; unset it to run on the GPU")
+        if device_type not in ("cpu", "cuda"):
+            raise ValueError(f"backend 'triton' takes CUDA tensors (or CPU under TRITON_INTERPRET=1), "
+                             f"got a {device_type} tensor")
+
+
+class _Compiled:
+    """The C++ (``cpu``) and CUDA (``cuda``) kernels of ``kkattn._C``.
+
+    Not part of this release: ``status()`` reports them as not compiled, and asking for them by
+    name raises.  They land with the csrc/ kernels.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(self.name, False, "not compiled (this install has no kkattn._C extension)")
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
+        raise ValueError(f"backend '{self.name}' is not available: {self.status().detail}")
+
+
+_REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _Compiled("cpu"), _Compiled("cuda"))}
+
+
+def _interpreting() -> bool:
+    import sys
+    launch = sys.modules.get(__name__ + ".triton_launch")
+    if launch is not None:  # the kernels are already decorated: their mode is fixed
+        return launch.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def get_backend(name: str):
+    return _REGISTRY[name]
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """What this install can run, and why not: ``{name: BackendStatus}``.
+
+    ``str(status)`` reads like ``"triton: no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors"``.
+    """
+    out = {"reference": BackendStatus("reference", True, "available (materialized PyTorch, O(N²) memory)")}
+    out.update({name: b.status() for name, b in _REGISTRY.items()})
+    return out
+
+
+@torch.compiler.assume_constant_result
+def _auto_choice(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    # assume_constant_result: torch.compile runs this once while tracing instead of tracing into it.
+    candidates = ("cuda", "triton", "chunked") if device_type == "cuda" else ("cpu", "chunked")
+    for name in candidates:
+        backend = _REGISTRY[name]
+        if not backend.status().available:
+            continue
+        try:
+            backend.check(device_type, dtype, head_dim)
+        except (TypeError, ValueError):
+            continue
+        return name
+    return "chunked"
+
+
+def resolve(name: str, k: Tensor) -> str:
+    """The backend that will run ``k``; raises ValueError/TypeError when ``name`` cannot."""
+    if not isinstance(name, str) or name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    if name == "auto":
+        return _auto_choice(k.device.type, k.dtype, k.shape[-1])
+    if name == "reference":
+        return name
+    backend = _REGISTRY[name]
+    status = backend.status()
+    if not status.available:
+        raise ValueError(f"backend '{name}' is not available: {status.detail}")
+    backend.check(k.device.type, k.dtype, k.shape[-1])
+    return name

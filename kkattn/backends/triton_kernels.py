@@ -1,0 +1,220 @@
+"""Triton kernels for neighborhood key–key attention (forward and the symmetric backward).
+
+Only ``@triton.jit`` code lives here; launching, block sizes and dtype handling are in
+``triton_launch.py``.  Plain pointer arithmetic throughout (no ``tl.make_block_ptr``, which
+triton 3.9 removed) so the same source runs on triton 3.6–3.9, on GPUs, and on CPU tensors under
+``TRITON_INTERPRET=1``.
+
+Logits are kept in log2 units (``log2e`` folded into the scale and the prior) so the softmax uses
+``exp2``.  The prior is generated from token indices inside the kernels, mirroring
+``kkattn/_prior.py``: index → (row, col) → squared distance → ``exp2(d² · neg_coef)`` with
+``neg_coef = −log2e / (2σ²)`` (per head, read from a small ``(H,)`` table).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _grid_coords(idx, grid_w, num_prefix):
+    pos = idx - num_prefix
+    on_grid = pos >= 0
+    pos = tl.maximum(pos, 0)
+    return pos // grid_w, pos % grid_w, on_grid
+
+
+@triton.jit
+def _prior_tile(offs_i, offs_j, grid_w, num_prefix, neg_coef):
+    """G (natural units) and d² of the tile ``offs_i × offs_j``; 0 where a token is a prefix."""
+    r_i, c_i, on_i = _grid_coords(offs_i, grid_w, num_prefix)
+    r_j, c_j, on_j = _grid_coords(offs_j, grid_w, num_prefix)
+    dr = (r_i[:, None] - r_j[None, :]).to(tl.float32)
+    dc = (c_i[:, None] - c_j[None, :]).to(tl.float32)
+    d2 = dr * dr + dc * dc
+    g = tl.where(on_i[:, None] & on_j[None, :], tl.exp2(d2 * neg_coef), 0.0)
+    return g, d2
+
+
+@triton.jit
+def _tile_has_prior(start_i, start_j, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, n_tokens, grid_w,
+                    num_prefix, neg_coef):
+    """False when the whole tile has G < 2**-24 or is off the grid.
+
+    Then fl(exp(s + G)) == fl(exp(s)) for every entry (see NEGLIGIBLE_PRIOR_LOG2 in _prior.py),
+    so skipping the prior is exact to fp32 rounding.  Uses the row gap between the two token
+    ranges, a lower bound on every pair's distance.
+    """
+    first_i = tl.maximum(start_i - num_prefix, 0)
+    first_j = tl.maximum(start_j - num_prefix, 0)
+    last_i = tl.minimum(start_i + BLOCK_I, n_tokens) - 1 - num_prefix
+    last_j = tl.minimum(start_j + BLOCK_J, n_tokens) - 1 - num_prefix
+    on_grid = (last_i >= 0) & (last_j >= 0)
+    last_i = tl.maximum(last_i, 0)
+    last_j = tl.maximum(last_j, 0)
+    gap = tl.maximum(tl.maximum(first_j // grid_w - last_i // grid_w, first_i // grid_w - last_j // grid_w), 0)
+    gap2 = (gap * gap).to(tl.float32)
+    return on_grid & (gap2 * neg_coef >= -24.0)
+
+
+@triton.jit
+def nkk_fwd_kernel(
+    K, V, O, LSE, NEG_COEF,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    heads, n_tokens, grid_w, num_prefix, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_PRIOR: tl.constexpr, DOT_UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """One program per (query block, batch·head): online softmax over all key blocks.
+
+    Writes O ``(B, H, N, D)`` and the natural-log log-sum-exp ``(B, H, N)`` (contiguous).
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    LN2: tl.constexpr = 0.6931471805599453
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // heads).to(tl.int64)
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b * stride_vb + h.to(tl.int64) * stride_vh
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < n_tokens
+    q = tl.load(k_base + offs_m[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_m[:, None], other=0.0)
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+    neg_coef = 0.0
+    if HAS_PRIOR:
+        neg_coef = tl.load(NEG_COEF + h)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, n_tokens, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_tokens
+        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=mask_n[None, :], other=0.0)
+        vv = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_n[:, None], other=0.0)
+        if DOT_UPCAST:
+            kt = kt.to(tl.float32)
+            vv = vv.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
+        if HAS_PRIOR:
+            if _tile_has_prior(start_m, start_n, BLOCK_M, BLOCK_N, n_tokens, grid_w, num_prefix, neg_coef):
+                g, _ = _prior_tile(offs_m, offs_n, grid_w, num_prefix, neg_coef)
+                s += g * LOG2E
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    o_base = O + b * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=mask_m[:, None])
+    tl.store(LSE + pid_bh.to(tl.int64) * n_tokens + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+
+
+@triton.jit
+def nkk_bwd_kernel(
+    K, V, DO, LSE, DELTA, DK, DV, DSIGMA_PART, NEG_COEF,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    heads, n_tokens, grid_w, num_prefix, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+    HAS_PRIOR: tl.constexpr, NEED_DSIGMA: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One program per (key block J, batch·head), looping over every row block i.
+
+    Because Q = K the logit tile ``S_iJ = scale·K_i K_Jᵀ + G_iJ`` is also ``S_Jiᵀ``: computed once,
+    it gives ``P_iJ = exp(S_iJ − L_i)`` and ``P_Jiᵀ = exp(S_iJ − L_J)``.  Per tile pair five matmuls:
+    S, ``dV_J += P_iJᵀ dO_i``, ``dP_iJ = dO_i V_Jᵀ``, ``dP_Jiᵀ = V_i dO_Jᵀ`` and
+    ``dK_J += scale·(dS_iJ + dS_Jiᵀ)ᵀ K_i``.  Each program owns its rows of dK and dV: no atomics,
+    a fixed loop order, bit-identical reruns.  With NEED_DSIGMA it also writes
+    ``Σ_i Σ dS_iJ·G_iJ·d²_iJ`` (this program's share of dσ·σ³) to ``DSIGMA_PART[bh, J]``.
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    pid_j = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // heads).to(tl.int64)
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b * stride_vb + h.to(tl.int64) * stride_vh
+    do_base = DO + b * stride_dob + h.to(tl.int64) * stride_doh
+    stats_base = pid_bh.to(tl.int64) * n_tokens
+
+    start_j = pid_j * BLOCK_J
+    offs_j = start_j + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_j = offs_j < n_tokens
+    # Key block J, loaded transposed (D, BLOCK_J) where it is a right-hand matmul operand.
+    kt_j = tl.load(k_base + offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=mask_j[None, :], other=0.0)
+    vt_j = tl.load(v_base + offs_j[None, :] * stride_vn + offs_d[:, None] * stride_vd, mask=mask_j[None, :], other=0.0)
+    dot_j = tl.load(do_base + offs_j[None, :] * stride_don + offs_d[:, None] * stride_dod, mask=mask_j[None, :], other=0.0)
+    if DOT_UPCAST:
+        kt_j = kt_j.to(tl.float32)
+        vt_j = vt_j.to(tl.float32)
+        dot_j = dot_j.to(tl.float32)
+    lse2_j = tl.load(LSE + stats_base + offs_j, mask=mask_j, other=0.0) * LOG2E
+    delta_j = tl.load(DELTA + stats_base + offs_j, mask=mask_j, other=0.0)
+    neg_coef = 0.0
+    if HAS_PRIOR:
+        neg_coef = tl.load(NEG_COEF + h)
+
+    dk_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    dv_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    dsig_acc = tl.zeros([BLOCK_I, BLOCK_J], tl.float32)
+    for start_i in range(0, n_tokens, BLOCK_I):
+        offs_i = start_i + tl.arange(0, BLOCK_I)
+        mask_i = offs_i < n_tokens
+        k_i = tl.load(k_base + offs_i[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_i[:, None], other=0.0)
+        v_i = tl.load(v_base + offs_i[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_i[:, None], other=0.0)
+        do_i = tl.load(do_base + offs_i[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=mask_i[:, None], other=0.0)
+        if DOT_UPCAST:
+            k_i = k_i.to(tl.float32)
+            v_i = v_i.to(tl.float32)
+            do_i = do_i.to(tl.float32)
+        lse2_i = tl.load(LSE + stats_base + offs_i, mask=mask_i, other=0.0) * LOG2E
+        delta_i = tl.load(DELTA + stats_base + offs_i, mask=mask_i, other=0.0)
+
+        s = tl.dot(k_i, kt_j, input_precision=INPUT_PRECISION) * qk_scale
+        if HAS_PRIOR:
+            if NEED_DSIGMA:
+                # dσ needs every pair's G·d², however small: no tile skipping here.
+                g, d2 = _prior_tile(offs_i, offs_j, grid_w, num_prefix, neg_coef)
+                s += g * LOG2E
+            else:
+                if _tile_has_prior(start_i, start_j, BLOCK_I, BLOCK_J, n_tokens, grid_w, num_prefix, neg_coef):
+                    g, _ = _prior_tile(offs_i, offs_j, grid_w, num_prefix, neg_coef)
+                    s += g * LOG2E
+        valid = mask_i[:, None] & mask_j[None, :]
+        p = tl.where(valid, tl.exp2(s - lse2_i[:, None]), 0.0)    # P_iJ
+        pt = tl.where(valid, tl.exp2(s - lse2_j[None, :]), 0.0)   # P_Jiᵀ
+
+        dv_acc += tl.dot(tl.trans(p.to(do_i.dtype)), do_i, input_precision=INPUT_PRECISION)
+        dp = tl.dot(do_i, vt_j, input_precision=INPUT_PRECISION)    # dP_iJ
+        dpt = tl.dot(v_i, dot_j, input_precision=INPUT_PRECISION)   # dP_Jiᵀ
+        ds = p * (dp - delta_i[:, None])
+        dst = pt * (dpt - delta_j[None, :])
+        dk_acc += tl.dot(tl.trans((ds + dst).to(k_i.dtype)), k_i, input_precision=INPUT_PRECISION)
+        if HAS_PRIOR:
+            if NEED_DSIGMA:
+                dsig_acc += ds * g * d2
+
+    dk_base = DK + b * stride_dkb + h.to(tl.int64) * stride_dkh
+    dv_base = DV + b * stride_dvb + h.to(tl.int64) * stride_dvh
+    tl.store(dk_base + offs_j[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             (dk_acc * sm_scale).to(DK.dtype.element_ty), mask=mask_j[:, None])
+    tl.store(dv_base + offs_j[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv_acc.to(DV.dtype.element_ty), mask=mask_j[:, None])
+    if NEED_DSIGMA:
+        tl.store(DSIGMA_PART + pid_bh * tl.num_programs(0) + pid_j, tl.sum(tl.sum(dsig_acc, 1), 0))

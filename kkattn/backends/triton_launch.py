@@ -1,0 +1,110 @@
+"""Launch the Triton kernels: block sizes, dtype handling, output allocation.
+
+Importing this module imports triton and decorates the kernels, so ``TRITON_INTERPRET`` must be
+set before the first Triton call (the interpreter is chosen at decoration time).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._alloc import empty_output, empty_output_like
+from .._prior import LOG2E
+from . import triton_kernels as kernels
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _dot_upcast(dtype: torch.dtype) -> bool:
+    # Interpreter trap: under TRITON_INTERPRET=1, tl.dot on bfloat16 multiplies the raw bit patterns
+    # (numpy has no bf16).  There we upcast the operands to fp32 first; products of bf16 values are
+    # exact in fp32, so only the rounding of P/dS to bf16 before their matmuls (done on GPUs) is skipped.
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def _input_precision(dtype: torch.dtype) -> Optional[str]:
+    if dtype != torch.float32:
+        return None
+    # fp32 inputs follow PyTorch's matmul setting: full fp32 unless the user allowed TF32.
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def _blocks(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward; the backward uses square tiles."""
+    if INTERPRETED:
+        # Small tiles so that test sizes (N <= 256) span several blocks and partial last blocks.
+        return 32, 32, 4, 1
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    return 64, 64, 4, 2
+
+
+def _bwd_blocks(head_dim: int) -> tuple[int, int, int, int]:
+    if INTERPRETED:
+        return 32, 32, 4, 1
+    if head_dim <= 64:
+        return 64, 64, 4, 2
+    return 32, 64, 4, 2
+
+
+def _neg_coef(sigma: Optional[Tensor], like: Tensor) -> Tensor:
+    """``−log2e / (2σ²)`` per head (float32); a 1-element dummy when there is no prior."""
+    if sigma is None:
+        return torch.zeros(1, dtype=torch.float32, device=like.device)
+    s = sigma.detach().to(torch.float32)
+    return (-0.5 * LOG2E) / (s * s)
+
+
+def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
+            scale: float) -> tuple[Tensor, Tensor]:
+    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype) and ``lse (B, H, N)`` float32."""
+    batch, heads, n_tokens, head_dim = k.shape
+    out = empty_output(k.shape, like=k)
+    lse = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32)
+    block_m, block_n, warps, stages = _blocks(head_dim)
+    launch = (triton_cdiv(n_tokens, block_m), batch * heads)
+    kernels.nkk_fwd_kernel[launch](
+        k, v, out, lse, _neg_coef(sigma, k),
+        *k.stride(), *v.stride(), *out.stride(),
+        heads, n_tokens, grid_w, num_prefix_tokens, scale * LOG2E,
+        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_PRIOR=sigma is not None, DOT_UPCAST=_dot_upcast(k.dtype),
+        INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
+    )
+    return out, lse
+
+
+def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
+             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns ``dk, dv`` (k's dtype and layout) and ``dsigma`` ``(H,)`` float32 (zeros unless asked)."""
+    batch, heads, n_tokens, head_dim = k.shape
+    # rowsum(dP ∘ P) = rowsum(dO ∘ O): O(B·H·N), cheap enough in PyTorch.
+    delta = (dout.float() * out.float()).sum(-1).contiguous()
+    lse = lse.contiguous()
+    dk = empty_output_like(k)
+    dv = empty_output_like(v)
+    block_i, block_j, warps, stages = _bwd_blocks(head_dim)
+    n_blocks_j = triton_cdiv(n_tokens, block_j)
+    need_dsigma = need_dsigma and sigma is not None
+    partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
+    kernels.nkk_bwd_kernel[(n_blocks_j, batch * heads)](
+        k, v, dout, lse, delta, dk, dv, partial, _neg_coef(sigma, k),
+        *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+        heads, n_tokens, grid_w, num_prefix_tokens, scale * LOG2E, scale,
+        HEAD_DIM=head_dim, BLOCK_I=block_i, BLOCK_J=block_j,
+        HAS_PRIOR=sigma is not None, NEED_DSIGMA=need_dsigma, DOT_UPCAST=_dot_upcast(k.dtype),
+        INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
+    )
+    if need_dsigma:
+        s = sigma.detach().to(torch.float32)
+        dsigma = partial.sum(dim=(0, 2)) / (s * s * s)  # fixed-shape reduction: deterministic
+    else:
+        dsigma = torch.zeros(heads, dtype=torch.float32, device=k.device)
+    return dk, dv, dsigma
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
