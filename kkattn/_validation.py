@@ -76,7 +76,8 @@ def check_sigma(sigma: Sigma, heads: Optional[int], device: Optional[torch.devic
                              f"move sigma to {device}")
         # Value checks read the tensor (a device sync); torch.compile traces without them.
         if not torch.compiler.is_compiling():
-            if not bool(torch.isfinite(sigma).all()) or not bool((sigma > 0).all()):
+            values = sigma.detach()  # no autograd graph for the checks
+            if not bool(torch.isfinite(values).all()) or not bool((values > 0).all()):
                 raise ValueError(f"sigma must be positive and finite, got {sigma.detach().cpu().tolist()}")
         return sigma
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):

@@ -22,13 +22,14 @@ def _sigma_tensor(sigma: Sigma, dtype: torch.dtype, device: torch.device) -> Ten
 
 
 def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int = 0, *,
-                   dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> Tensor:
+                   dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None) -> Tensor:
     """The materialized prior G, for references and plots.
 
     Args:
         grid: ``(h, w)`` token grid.
         sigma: a positive float, or a ``(H,)`` tensor of per-head values (differentiable).
         num_prefix_tokens: tokens before the grid, whose rows and columns of G are 0.
+        dtype, device: default to σ's for a tensor σ, else float32 on the CPU.
     Returns:
         ``(N, N)`` for a float σ, ``(H, N, N)`` for a tensor σ, with ``N = h·w + num_prefix_tokens``.
     """
@@ -41,6 +42,8 @@ def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int =
         raise ValueError("gaussian_prior needs a sigma (a positive float or a (H,) tensor), got None")
     if isinstance(sigma, Tensor):
         device = sigma.device if device is None else device
+        dtype = sigma.dtype if dtype is None else dtype
+    dtype = dtype or torch.float32
     sigma = check_sigma(sigma, None, device if isinstance(sigma, Tensor) else None)
     idx = torch.arange(n_tokens, device=device)
     g = prior_tile(idx, idx, grid[1], num_prefix_tokens, _sigma_tensor(sigma, dtype, device))

@@ -16,10 +16,10 @@ from torch import Tensor
 from .._alloc import empty_output, empty_output_like
 from .._prior import prior_from_distances, squared_distances
 
-# Rows per block: large enough for efficient GEMMs, small enough that the (B, H, rows, N) logits,
-# probabilities and prior stay around 64 MiB each in fp32.
+# Rows per block: large enough for efficient GEMMs, small enough that each (B, H, rows, N)
+# temporary (logits, probabilities, prior) stays around 16 MiB in fp32.
 _MAX_BLOCK_ROWS = 256
-_BLOCK_BUDGET_ELEMENTS = 16 * 1024 * 1024
+_BLOCK_BUDGET_ELEMENTS = 4 * 1024 * 1024
 
 
 def block_rows(batch: int, heads: int, n_tokens: int) -> int:

@@ -1,0 +1,128 @@
+"""Shared test helpers: random problems, the float64 oracle, errors and per-dtype tolerances."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import kkattn
+from kkattn import reference
+
+# (forward, gradients): max error relative to the oracle's largest magnitude, against the float64
+# reference run on the same dtype-rounded inputs.  They fit each dtype's rounding (fp16 eps 9.8e-4,
+# bf16 eps 7.8e-3) with a margin.  The gradients' budget is wider because the backward, like
+# FlashAttention's, forms δ = rowsum(dO ∘ O) from the *stored* (rounded) O: at tiny N the
+# cancellation in dP − δ turns bf16's rounding of O into ~5e-2 of dk.  (The Triton interpreter also
+# truncates fp32 → bf16 instead of rounding, doubling bf16 output error there.)
+TOLERANCES = {
+    torch.float64: (1e-12, 1e-11),
+    torch.float32: (2e-5, 5e-5),
+    torch.float16: (2e-3, 1e-2),
+    torch.bfloat16: (1.6e-2, 8e-2),
+}
+
+
+@dataclass
+class Case:
+    batch: int
+    heads: int
+    grid: tuple[int, int]
+    head_dim: int
+    num_prefix_tokens: int = 0
+    sigma: str = "float"  # "float", "tensor" (per head, learnable), "none"
+    sigma_value: float = 2.0
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + self.num_prefix_tokens
+
+    def __str__(self) -> str:
+        return (f"B{self.batch}H{self.heads}-{self.grid[0]}x{self.grid[1]}+{self.num_prefix_tokens}"
+                f"-D{self.head_dim}-sigma_{self.sigma}")
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: str = "cpu"):
+    """Fresh random k, v, dout (rounded to ``dtype``) and σ; never zeros."""
+    shape = (case.batch, case.heads, case.n_tokens, case.head_dim)
+    k = torch.randn(shape, dtype=torch.float64).to(dtype)
+    v = torch.randn(shape, dtype=torch.float64).to(dtype)
+    dout = torch.randn(shape, dtype=torch.float64).to(dtype)
+    if case.sigma == "tensor":
+        sigma = torch.rand(case.heads, dtype=torch.float64) * 2.0 + 0.5
+    elif case.sigma == "float":
+        sigma = case.sigma_value
+    else:
+        sigma = None
+    return k.to(device), v.to(device), dout.to(device), sigma
+
+
+def run_with_grads(fn, k, v, dout, sigma, dtype: Optional[torch.dtype] = None):
+    """Forward + backward of ``fn(k, v, sigma)``; returns ``(out, dk, dv, dsigma)`` as float64 CPU."""
+    dtype = dtype or k.dtype
+    k = k.detach().to(dtype).requires_grad_()
+    v = v.detach().to(dtype).requires_grad_()
+    s = sigma
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.detach().to(device=k.device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        s.requires_grad_()
+    out = fn(k, v, s)
+    out.backward(dout.to(dtype))
+    dsigma = s.grad if isinstance(s, torch.Tensor) else None
+    return tuple(None if t is None else t.detach().double().cpu() for t in (out, k.grad, v.grad, dsigma))
+
+
+def oracle(case: Case, k, v, dout, sigma):
+    """The float64 reference on the given (already dtype-rounded) inputs."""
+    fn = lambda k_, v_, s_: reference.neighborhood_kk_attention(  # noqa: E731
+        k_, v_, s_, grid=case.grid, num_prefix_tokens=case.num_prefix_tokens)
+    return run_with_grads(fn, k.cpu(), v.cpu(), dout.cpu(), sigma, dtype=torch.float64)
+
+
+def backend_fn(case: Case, backend: str):
+    return lambda k_, v_, s_: kkattn.neighborhood_kk_attention(
+        k_, v_, s_, grid=case.grid, num_prefix_tokens=case.num_prefix_tokens, backend=backend)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Max abs error over the reference's max magnitude; NaN anywhere counts as infinite."""
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_matches(got, want, dtype: torch.dtype, what: str = "", baseline=None):
+    """Each of (out, dk, dv, dσ) within the dtype's tolerance of ``want``.
+
+    ``baseline``: the same quantities from the materialized reference run in ``dtype``.  As in
+    FlashAttention's tests, a kernel may also be up to 3× as far off as that baseline: with large
+    head dims P is nearly one-hot (the K·K diagonal grows like √D) and the gradients cancel, so
+    even PyTorch's own fp32 implementation drifts past a fixed tolerance.
+    """
+    fwd_tol, grad_tol = TOLERANCES[dtype]
+    names = ("out", "dk", "dv", "dsigma")
+    baseline = baseline or (None,) * 4
+    for name, g, w, b in zip(names, got, want, baseline):
+        if w is None:
+            assert g is None, f"{what}: {name} should be None"
+            continue
+        assert g is not None, f"{what}: {name} missing"
+        assert g.shape == w.shape, f"{what}: {name} shape {tuple(g.shape)} != {tuple(w.shape)}"
+        tol = fwd_tol if name == "out" else grad_tol
+        if b is not None:
+            tol = max(tol, 3 * rel_err(b, w))
+        err = rel_err(g, w)
+        assert err <= tol, f"{what}: {name} relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def check_backend(case: Case, backend: str, device: str, dtype: torch.dtype, inputs=None):
+    """Run ``backend`` with poisoned outputs and compare forward and all gradients to the oracle."""
+    from kkattn.testing import poisoned_outputs
+    k, v, dout, sigma = inputs or make_inputs(case, dtype, device)
+    want = oracle(case, k, v, dout, sigma)
+    ref_fn = lambda k_, v_, s_: reference.neighborhood_kk_attention(  # noqa: E731
+        k_, v_, s_, grid=case.grid, num_prefix_tokens=case.num_prefix_tokens)
+    baseline = run_with_grads(ref_fn, k.cpu(), v.cpu(), dout.cpu(), sigma)
+    with poisoned_outputs():
+        got = run_with_grads(backend_fn(case, backend), k, v, dout, sigma)
+    assert_matches(got, want, dtype, f"{backend} {dtype} {case}", baseline)

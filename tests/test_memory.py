@@ -1,0 +1,68 @@
+"""Bounded memory: no N×N tensor in the chunked or Triton paths, O(B·H·N) saved for backward."""
+import pytest
+import torch
+
+import kkattn
+from kkattn.backends import chunked
+from kkattn.testing import AllocationTracker
+
+
+@pytest.mark.parametrize("rows", [None, 64])
+def test_chunked_never_allocates_n_by_n(rows):
+    b, h, n, d = 1, 2, 4096, 16  # grid 64×64: an N×N fp32 matrix per head would be 64 MiB
+    k, v, dout = (torch.randn(b, h, n, d) for _ in range(3))
+    sigma = torch.tensor([2.0, 3.0])
+    with AllocationTracker() as fwd:
+        out, lse = chunked.forward(k, v, sigma, 64, 0, d ** -0.5, rows=rows)
+    with AllocationTracker() as bwd:
+        chunked.backward(dout, k, v, out, lse, sigma, 64, 0, d ** -0.5, need_dsigma=True, rows=rows)
+    rows = rows or chunked.block_rows(b, h, n)
+    per_row_block = b * h * rows * n
+    for tracker in (fwd, bwd):
+        assert tracker.max_numel <= per_row_block < n * n
+        # Peak: a handful of (B, H, rows, N) temporaries plus O(B·H·N·D) accumulators, whereas
+        # the reference holds logits, probabilities and G, ≥ 3·B·H·N²·4 bytes.
+        assert tracker.peak_bytes <= 12 * per_row_block * 4 + 8 * b * h * n * d * 4
+
+
+def test_reference_does_allocate_n_by_n():
+    # The tracker is not blind: the materialized oracle shows up as N×N.
+    k = torch.randn(1, 2, 256, 16)
+    with AllocationTracker() as tracker:
+        kkattn.reference.neighborhood_kk_attention(k, k, 2.0)
+    assert tracker.max_numel >= 256 * 256
+
+
+def test_triton_allocates_only_outputs_and_row_statistics():
+    from kkattn.backends import triton_launch
+    b, h, n, d = 1, 2, 256, 16
+    k, v, dout = (torch.randn(b, h, n, d, device="cuda" if torch.cuda.is_available() else "cpu") for _ in range(3))
+    sigma = torch.tensor([2.0, 3.0], device=k.device)
+    with AllocationTracker() as fwd:
+        out, lse = triton_launch.forward(k, v, sigma, 16, 0, 0.25)
+    with AllocationTracker() as bwd:
+        triton_launch.backward(dout, k, v, out, lse, sigma, 16, 0, 0.25, need_dsigma=True)
+    for tracker in (fwd, bwd):
+        assert tracker.max_numel <= b * h * n * d
+
+
+@pytest.mark.parametrize("sigma", [2.0, "tensor", None])
+def test_saves_only_inputs_output_and_lse(sigma):
+    b, h, n, d = 2, 3, 49, 16
+    k = torch.randn(b, h, n, d, requires_grad=True)
+    v = torch.randn(b, h, n, d, requires_grad=True)
+    if sigma == "tensor":
+        sigma = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        kkattn.neighborhood_kk_attention(k, v, sigma, backend="chunked")
+    total = sum(t.numel() for t in saved)
+    assert total <= 3 * b * h * n * d + b * h * n + h  # k, v, out + lse (+ σ)
+
+
+def test_no_grad_saves_nothing():
+    k = torch.randn(1, 2, 16, 16, requires_grad=True)
+    saved = []
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = kkattn.neighborhood_kk_attention(k, k, 2.0)
+    assert out.grad_fn is None and not out.requires_grad and saved == []
