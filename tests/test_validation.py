@@ -84,8 +84,15 @@ def test_sigma_tensor_on_another_device():
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):
     from kkattn import backends
     monkeypatch.setattr(backends, "_interpreting", lambda: False)
-    assert "set TRITON_INTERPRET=1" in str(kkattn.available_backends()["triton"])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert str(kkattn.available_backends()["triton"]) == \
+        "triton: no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors"
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        kkattn.neighborhood_kk_attention(k0, v0, 2.0, backend="triton")
+    # Set, but only after triton's functions were decorated: say so instead of failing inside triton.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "set it before importing kkattn" in str(kkattn.available_backends()["triton"])
+    with pytest.raises(ValueError, match="before importing kkattn"):
         kkattn.neighborhood_kk_attention(k0, v0, 2.0, backend="triton")
 
 

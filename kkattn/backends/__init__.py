@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -70,6 +71,9 @@ class _Triton:
             return BackendStatus(self.name, True, "available (GPU)")
         if _interpreting():
             return BackendStatus(self.name, True, "available (TRITON_INTERPRET=1: CPU tensors, slow)")
+        if _interpreter_set_too_late():
+            return BackendStatus(self.name, False, "no GPU, and TRITON_INTERPRET=1 was set after triton was "
+                                 "imported — set it before importing kkattn")
         return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
@@ -79,7 +83,7 @@ class _Triton:
             raise ValueError(f"backend 'triton' takes head dims {self.head_dims}, got D = {head_dim}")
         if device_type == "cpu" and not _interpreting():
             raise ValueError("backend 'triton' got CPU tensors without TRITON_INTERPRET=1 "
-                             "(set it before the first Triton call)")
+                             "(set it before importing kkattn)")
         if device_type == "cuda" and _interpreting():
             raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
                              "CPU tensors; unset it to run on the GPU")
@@ -109,11 +113,20 @@ _REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _Compiled("cpu"), _Compi
 
 
 def _interpreting() -> bool:
-    import sys
-    launch = sys.modules.get(__name__ + ".triton_launch")
-    if launch is not None:  # the kernels are already decorated: their mode is fixed
-        return launch.INTERPRETED
+    """Whether Triton code runs in the interpreter in this process.
+
+    Triton fixes the mode when a ``@triton.jit`` function is decorated, and importing torch's
+    flop counter (which kkattn does) already imports ``triton.language``: so once that is loaded,
+    its decorated functions say the truth, whatever the environment says now.
+    """
+    lang = sys.modules.get("triton.language")
+    if lang is not None and hasattr(lang, "zeros"):
+        return type(lang.zeros).__name__ == "InterpretedFunction"
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _interpreter_set_too_late() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and not _interpreting()
 
 
 def get_backend(name: str):

@@ -43,13 +43,13 @@ class _Logits:
 
     def block(self, start: int, stop: int, need_distances: bool = False):
         """Logits ``(B, H, rows, N)``; with ``need_distances`` also ``(G, d²)`` of the block."""
-        s = (self.k[:, :, start:stop] @ self.kt) * self.scale
+        s = (self.k[:, :, start:stop] @ self.kt).mul_(self.scale)
         if self.sigma is None:
             return s, None, None
         d2, on_grid = squared_distances(self.cols[start:stop], self.cols, self.grid_w,
                                         self.num_prefix_tokens, dtype=s.dtype)
-        g = prior_from_distances(d2, on_grid, self.sigma)  # (H, rows, N)
-        s = s + g
+        g = prior_from_distances(d2, on_grid, self.sigma)  # (H, rows, N), broadcast over the batch
+        s += g
         return (s, g, d2) if need_distances else (s, None, None)
 
 
@@ -67,7 +67,7 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
         stop = min(start + rows, n_tokens)
         s, _, _ = logits.block(start, stop)
         block_lse = torch.logsumexp(s, dim=-1)
-        out[:, :, start:stop] = torch.exp(s - block_lse[..., None]) @ vc
+        out[:, :, start:stop] = s.sub_(block_lse[..., None]).exp_() @ vc  # in place: one block temporary
         lse[:, :, start:stop] = block_lse
     return out, lse
 
@@ -88,10 +88,10 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
         s, g, d2 = logits.block(start, stop, need_distances=need_dsigma)
-        p = torch.exp(s - lse[:, :, start:stop, None].to(compute))
+        p = s.sub_(lse[:, :, start:stop, None].to(compute)).exp_()
         do_r = doc[:, :, start:stop]
         dv_acc += p.transpose(-1, -2) @ do_r
-        ds = p * (do_r @ vc.transpose(-1, -2) - delta[:, :, start:stop, None])
+        ds = (do_r @ vc.transpose(-1, -2)).sub_(delta[:, :, start:stop, None]).mul_(p)
         # dK = scale·(dS + dSᵀ)K: this block's rows of dS, and its columns of dSᵀ.
         dk_acc[:, :, start:stop] += (ds @ kc) * scale
         dk_acc += (ds.transpose(-1, -2) @ kc[:, :, start:stop]) * scale

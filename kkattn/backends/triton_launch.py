@@ -1,11 +1,10 @@
 """Launch the Triton kernels: block sizes, dtype handling, output allocation.
 
-Importing this module imports triton and decorates the kernels, so ``TRITON_INTERPRET`` must be
-set before the first Triton call (the interpreter is chosen at decoration time).
+Triton chooses its interpreter when a kernel is decorated, and ``triton.language`` is already
+imported with torch's flop counter: ``TRITON_INTERPRET=1`` must be set before importing kkattn.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -13,9 +12,10 @@ from torch import Tensor
 
 from .._alloc import empty_output, empty_output_like
 from .._prior import LOG2E
+from . import _interpreting
 from . import triton_kernels as kernels
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRETED = _interpreting()
 
 
 def _dot_upcast(dtype: torch.dtype) -> bool:
