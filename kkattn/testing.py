@@ -23,7 +23,7 @@ def poisoned_outputs():
 class AllocationTracker(TorchDispatchMode):
     """Records the tensors PyTorch ops create while active.
 
-    ``max_numel`` is the largest single tensor; ``peak_bytes`` the most bytes held at once by
+    ``max_numel``/``max_bytes`` describe the largest single tensor; ``peak_bytes`` the most bytes held at once by
     tensors created inside the block (views and in-place results are not counted twice).  It sees
     the ops a Python function runs, not those inside a compiled kernel or a custom op's body —
     call a backend's functions directly to look inside them.
@@ -32,6 +32,7 @@ class AllocationTracker(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.max_numel = 0
+        self.max_bytes = 0
         self.live_bytes = 0
         self.peak_bytes = 0
         self._seen: set[int] = set()
@@ -45,6 +46,7 @@ class AllocationTracker(TorchDispatchMode):
         nbytes = t.untyped_storage().nbytes()
         self._seen.add(ptr)
         self.max_numel = max(self.max_numel, t.numel())
+        self.max_bytes = max(self.max_bytes, nbytes)
         self.live_bytes += nbytes
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         weakref.finalize(t, self._release, ptr, nbytes)
