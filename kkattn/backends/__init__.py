@@ -15,7 +15,6 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import triton
 from torch import Tensor
 
 from .._alloc import empty_output, empty_output_like
@@ -32,22 +33,19 @@ def _input_precision(dtype: torch.dtype) -> Optional[str]:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def _blocks(head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward; the backward uses square tiles."""
+# (rows, columns, num_warps, num_stages) of a tile, by pass and head dim.  Fixed, not autotuned:
+# autotuning under the interpreter would need a CPU do_bench, and the benchmarks issue tunes these.
+_GPU_TILES = {
+    ("forward", True): (128, 64, 4, 3), ("forward", False): (64, 64, 4, 2),
+    ("backward", True): (64, 64, 4, 2), ("backward", False): (32, 64, 4, 2),
+}
+
+
+def _tiles(kind: str, head_dim: int) -> tuple[int, int, int, int]:
     if INTERPRETED:
         # Small tiles so that test sizes (N <= 256) span several blocks and partial last blocks.
         return 32, 32, 4, 1
-    if head_dim <= 64:
-        return 128, 64, 4, 3
-    return 64, 64, 4, 2
-
-
-def _bwd_blocks(head_dim: int) -> tuple[int, int, int, int]:
-    if INTERPRETED:
-        return 32, 32, 4, 1
-    if head_dim <= 64:
-        return 64, 64, 4, 2
-    return 32, 64, 4, 2
+    return _GPU_TILES[(kind, head_dim <= 64)]
 
 
 def _neg_coef(sigma: Optional[Tensor], like: Tensor) -> Tensor:
@@ -64,8 +62,8 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
     batch, heads, n_tokens, head_dim = k.shape
     out = empty_output(k.shape, like=k)
     lse = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32)
-    block_m, block_n, warps, stages = _blocks(head_dim)
-    launch = (triton_cdiv(n_tokens, block_m), batch * heads)
+    block_m, block_n, warps, stages = _tiles("forward", head_dim)
+    launch = (triton.cdiv(n_tokens, block_m), batch * heads)
     kernels.nkk_fwd_kernel[launch](
         k, v, out, lse, _neg_coef(sigma, k),
         *k.stride(), *v.stride(), *out.stride(),
@@ -86,8 +84,8 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
     lse = lse.contiguous()
     dk = empty_output_like(k)
     dv = empty_output_like(v)
-    block_i, block_j, warps, stages = _bwd_blocks(head_dim)
-    n_blocks_j = triton_cdiv(n_tokens, block_j)
+    block_i, block_j, warps, stages = _tiles("backward", head_dim)
+    n_blocks_j = triton.cdiv(n_tokens, block_j)
     need_dsigma = need_dsigma and sigma is not None
     partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
     kernels.nkk_bwd_kernel[(n_blocks_j, batch * heads)](
@@ -104,7 +102,3 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
     else:
         dsigma = torch.zeros(heads, dtype=torch.float32, device=k.device)
     return dk, dv, dsigma
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
