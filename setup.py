@@ -34,7 +34,7 @@ def _extension():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    ext = CppExtension("kkattn._C", sources, extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp"]},
+    ext = CppExtension("kkattn._C", sources, extra_compile_args={"cxx": ["-O3", "-fopenmp"]},
                        extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildExtension}
 

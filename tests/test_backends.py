@@ -9,7 +9,15 @@ from conftest import TRITON_DEVICE
 from helpers import Case, backend_fn, check_backend, make_inputs, rel_err, run_with_grads
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-TARGETS = [("chunked", "cpu"), ("triton", TRITON_DEVICE)]
+# The compiled CPU kernel is part of every install that built kkattn._C (CI does); a pure-Python
+# install skips its cases rather than pretending.
+_CPU_KERNEL = kkattn.available_backends()["cpu"]
+TARGETS = [
+    ("chunked", "cpu"),
+    ("triton", TRITON_DEVICE),
+    pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not _CPU_KERNEL.available, reason=str(_CPU_KERNEL))),
+]
+IDS = ["chunked", "triton", "cpu"]
 
 # Odd sizes on purpose: N not a multiple of the blocks (32 in the interpreter), rectangular grids,
 # prefix tokens, single-row and single-column grids, N smaller than one block.
@@ -23,20 +31,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_reference(backend, device, dtype, case):
     check_backend(case, backend, device, dtype)
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
 def test_head_dims(backend, device, head_dim):
     check_backend(Case(1, 2, (6, 7), head_dim, num_prefix_tokens=1, sigma="tensor"), backend, device, torch.float32)
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 @pytest.mark.parametrize("sigma", ["float", "tensor"])
 def test_far_tiles_skip_the_prior_exactly(backend, device, sigma):
     # σ = 0.5 on a 16x16 grid: most 32-token tile pairs lie beyond 5.8σ, so the Triton kernels skip
@@ -65,7 +73,7 @@ def test_chunked_block_sizes(rows):
     assert rel_err(out, ref_out) < 1e-12 and rel_err(lse, ref_lse) < 1e-12
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 def test_lse_is_the_row_logsumexp(backend, device):
     from kkattn._ops import forward_op
     case = Case(2, 2, (9, 11), 32, num_prefix_tokens=1, sigma="tensor")
@@ -77,7 +85,7 @@ def test_lse_is_the_row_logsumexp(backend, device):
     assert rel_err(lse.double().cpu(), want) < 1e-6
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 def test_backward_is_deterministic(backend, device):
     case = Case(2, 2, (9, 11), 32, num_prefix_tokens=1, sigma="tensor")
     k, v, dout, sigma = make_inputs(case, torch.float32, device)
@@ -87,7 +95,7 @@ def test_backward_is_deterministic(backend, device):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 def test_non_contiguous_inputs(backend, device):
     # (B, N, H, D) storage seen as (B, H, N, D), as a ViT's projections produce; dout sliced.
     case = Case(2, 3, (9, 11), 32, num_prefix_tokens=1, sigma="float")
@@ -99,7 +107,7 @@ def test_non_contiguous_inputs(backend, device):
     check_backend(case, backend, device, torch.float32, inputs=(k, v, dout, 2.0))
 
 
-@pytest.mark.parametrize("backend,device", TARGETS, ids=[t[0] for t in TARGETS])
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
 def test_custom_scale_and_sigma_grad_only(backend, device):
     # Only σ requires grad: the op must still return dσ (and no k/v grads).
     case = Case(1, 2, (6, 6), 16, sigma="tensor")
@@ -120,3 +128,20 @@ def test_custom_scale_and_sigma_grad_only(backend, device):
 def test_gpu_larger_grids(backend, dtype):
     # Real GPU sizes: several 128/64-token blocks, a CLS token, per-head σ.
     check_backend(Case(2, 4, (31, 33), 64, num_prefix_tokens=1, sigma="tensor"), backend, "cuda", dtype)
+
+
+@pytest.mark.skipif(not _CPU_KERNEL.available, reason=str(_CPU_KERNEL))
+def test_cpu_kernel_any_head_dim_and_thread_count():
+    # The C++ kernel takes any head dim, and its result does not depend on the thread count.
+    case = Case(2, 3, (7, 9), 24, num_prefix_tokens=2, sigma="tensor")
+    check_backend(case, "cpu", "cpu", torch.float32)
+    k, v, dout, sigma = make_inputs(case, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_with_grads(backend_fn(case, "cpu"), k, v, dout, sigma)
+    finally:
+        torch.set_num_threads(threads)
+    many = run_with_grads(backend_fn(case, "cpu"), k, v, dout, sigma)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)

@@ -49,13 +49,17 @@ def test_available_backends_reports_why():
     status = kkattn.available_backends()
     assert set(status) == {"reference", "chunked", "triton", "cpu", "cuda"}
     assert status["reference"].available and status["chunked"].available
-    assert str(status["cpu"]) == "cpu: not compiled (this install has no kkattn._C extension)"
+    assert str(status["cpu"]).startswith("cpu: available (compiled C++") or \
+        str(status["cpu"]) == "cpu: not compiled (this install has no kkattn._C extension)"
     assert not status["cuda"].available
     assert str(status["triton"]).startswith("triton: ")
 
 
 def test_auto_dispatch():
-    assert _auto_choice("cpu", torch.float32, 64) == "chunked"
+    cpu_kernel = kkattn.available_backends()["cpu"].available
+    assert _auto_choice("cpu", torch.float32, 64) == ("cpu" if cpu_kernel else "chunked")
+    assert _auto_choice("cpu", torch.bfloat16, 24) == ("cpu" if cpu_kernel else "chunked")
+    assert _auto_choice("cpu", torch.float64, 64) == "chunked"
     # No compiled CUDA kernel in this install: CUDA tensors go to Triton when it can take them.
     if kkattn.available_backends()["triton"].available:
         assert _auto_choice("cuda", torch.bfloat16, 64) in ("triton", "chunked")

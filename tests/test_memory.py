@@ -66,3 +66,24 @@ def test_no_grad_saves_nothing():
     with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = kkattn.neighborhood_kk_attention(k, k, 2.0)
     assert out.grad_fn is None and not out.requires_grad and saved == []
+
+
+@pytest.mark.skipif(not kkattn.available_backends()["cpu"].available, reason="kkattn._C not compiled")
+def test_cpu_kernel_runs_a_128x128_grid_in_bounded_memory():
+    # N = 16384: one N×N fp32 matrix is 1 GiB.  Measured as the process's peak RSS growth, in a
+    # fresh interpreter so earlier tests' peaks do not hide it.
+    import subprocess
+    import sys
+    code = (
+        "import resource, torch, kkattn\n"
+        "k = torch.randn(1, 1, 16384, 16, requires_grad=True)\n"
+        "v = torch.randn(1, 1, 16384, 16, requires_grad=True)\n"
+        "do = torch.randn(1, 1, 16384, 16)\n"
+        "kkattn.neighborhood_kk_attention(k[:, :, :64], v[:, :, :64], 2.0, grid=(8, 8), backend='cpu')\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "kkattn.neighborhood_kk_attention(k, v, 2.0, grid=(128, 128), backend='cpu').backward(do)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    )
+    growth_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout.split()[-1])
+    assert growth_kib < 64 * 1024, f"peak RSS grew by {growth_kib / 1024:.0f} MiB"

@@ -44,9 +44,11 @@ BAD = [
     ("unknown backend", (k0, v0, 2.0), {"backend": "flash"}, ValueError, "backend must be one of"),
     ("triton float64", (k0.double(), v0.double(), 2.0), {"backend": "triton"}, TypeError, "backend 'triton' takes"),
     ("triton head dim 24", (*kv((1, 2, 16, 24)), 2.0), {"backend": "triton"}, ValueError, "head dims (16, 32, 64, 128)"),
-    ("cpu kernel not compiled", (k0, v0, 2.0), {"backend": "cpu"}, ValueError, "backend 'cpu' is not available"),
+    ("cpu kernel float64", (k0.double(), v0.double(), 2.0), {"backend": "cpu"}, TypeError, "backend 'cpu' takes"),
     ("cuda kernel not compiled", (k0, v0, 2.0), {"backend": "cuda"}, ValueError, "backend 'cuda' is not available"),
 ]
+if not kkattn.available_backends()["cpu"].available:  # a pure-Python install: asking for it says why
+    BAD[-2] = ("cpu kernel missing", (k0, v0, 2.0), {"backend": "cpu"}, ValueError, "backend 'cpu' is not available")
 
 
 @pytest.mark.parametrize("what,args,kwargs,exc,fragment", BAD, ids=[b[0] for b in BAD])
@@ -110,3 +112,15 @@ def test_module_bad_config():
         kkattn.nn.NeighborhoodKKAttention(30, 4)
     with pytest.raises(ValueError, match="sigma"):
         kkattn.nn.NeighborhoodKKAttention(32, 4, sigma=-1.0)
+
+
+def test_missing_extension_falls_back_and_says_why(monkeypatch):
+    # A pure-Python install (no kkattn._C): auto uses chunked on CPU, asking for "cpu" explains.
+    from kkattn.backends import _auto_choice, cpu
+    monkeypatch.setattr(cpu, "load", lambda: "not compiled (this install has no kkattn._C extension)")
+    assert str(kkattn.available_backends()["cpu"]) == "cpu: not compiled (this install has no kkattn._C extension)"
+    assert _auto_choice("cpu", torch.float32, 64) == "chunked"
+    with pytest.raises(ValueError, match="backend 'cpu' is not available: not compiled"):
+        kkattn.neighborhood_kk_attention(k0, v0, 2.0, backend="cpu")
+    out = kkattn.neighborhood_kk_attention(k0, v0, 2.0)
+    torch.testing.assert_close(out, reference.neighborhood_kk_attention(k0, v0, 2.0), rtol=1e-5, atol=1e-6)

@@ -91,24 +91,53 @@ class _Triton:
                              f"got a {device_type} tensor")
 
 
+class _CompiledCPU:
+    """The fused C++ kernel of ``kkattn._C`` (csrc/kkattn_cpu.cpp) for CPU tensors."""
+
+    name = "cpu"
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+
+    def _impl(self):
+        from . import cpu
+        return cpu
+
+    def forward(self, *args):
+        return self._impl().forward(*args)
+
+    def backward(self, *args):
+        return self._impl().backward(*args)
+
+    def status(self) -> BackendStatus:
+        error = self._impl().load()
+        if error:
+            return BackendStatus(self.name, False, error)
+        return BackendStatus(self.name, True, f"available (compiled C++, {torch.get_num_threads()} threads)")
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
+        if device_type != "cpu":
+            raise ValueError(f"backend 'cpu' takes CPU tensors, got a {device_type} tensor")
+        if dtype not in self.dtypes:
+            raise TypeError(f"backend 'cpu' takes float16, bfloat16 or float32 k/v, got {dtype}")
+
+
 class _Compiled:
-    """The C++ (``cpu``) and CUDA (``cuda``) kernels of ``kkattn._C``.
+    """The CUDA kernels of ``kkattn._C`` (issue: csrc CUDA kernels).
 
     Not part of this release: ``status()`` reports them as not compiled, and asking for them by
-    name raises.  They land with the csrc/ kernels.
+    name raises.
     """
 
     def __init__(self, name: str):
         self.name = name
 
     def status(self) -> BackendStatus:
-        return BackendStatus(self.name, False, "not compiled (this install has no kkattn._C extension)")
+        return BackendStatus(self.name, False, "not compiled (this install has no CUDA kernels in kkattn._C)")
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
         raise ValueError(f"backend '{self.name}' is not available: {self.status().detail}")
 
 
-_REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _Compiled("cpu"), _Compiled("cuda"))}
+_REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _Compiled("cuda"))}
 
 
 def _interpreting() -> bool:

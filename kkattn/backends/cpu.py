@@ -1,0 +1,62 @@
+"""The compiled C++ CPU kernel, ``kkattn._C`` (csrc/kkattn_cpu.cpp), behind the backend interface.
+
+The kernel computes in float32 and writes into float32 buffers allocated here (so tests can
+poison them); fp16/bf16 results are cast back to the input dtype.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._alloc import empty_output, empty_output_like
+
+_load_error: Optional[str] = None
+_loaded = False
+
+
+def load() -> Optional[str]:
+    """Load ``kkattn._C`` once; returns why it is unavailable, or None."""
+    global _loaded, _load_error
+    if not _loaded:
+        _loaded = True
+        spec = importlib.util.find_spec("kkattn._C")
+        if spec is None or spec.origin is None:
+            _load_error = "not compiled (this install has no kkattn._C extension)"
+        else:
+            try:
+                torch.ops.load_library(spec.origin)
+            except (OSError, RuntimeError) as err:  # e.g. built against another torch
+                _load_error = f"kkattn._C failed to load ({err}); reinstall kkattn against this torch"
+    return _load_error
+
+
+def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
+            scale: float) -> tuple[Tensor, Tensor]:
+    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype) and ``lse (B, H, N)`` float32."""
+    out32 = empty_output(k.shape, like=k, dtype=torch.float32)
+    lse = empty_output(k.shape[:-1], like=k, dtype=torch.float32)
+    sig = None if sigma is None else sigma.detach()
+    torch.ops.kkattn_C.forward(k, v, sig, grid_w, num_prefix_tokens, scale, out32, lse)
+    return (out32 if k.dtype == torch.float32 else out32.to(k.dtype)), lse
+
+
+def _like(t32: Tensor, like: Tensor) -> Tensor:
+    """``t32`` with ``like``'s dtype and layout (what the op's fake implementation promises)."""
+    if like.dtype == torch.float32 and like.is_contiguous():
+        return t32
+    return empty_output_like(like).copy_(t32)
+
+
+def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
+             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns ``dk, dv`` (k's dtype and layout) and ``dsigma`` ``(H,)`` float32 (zeros unless asked)."""
+    dk32 = empty_output(k.shape, like=k, dtype=torch.float32)
+    dv32 = empty_output(k.shape, like=k, dtype=torch.float32)
+    dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)
+    sig = None if sigma is None else sigma.detach()
+    torch.ops.kkattn_C.backward(dout, k, v, out, lse, sig, grid_w, num_prefix_tokens, scale, need_dsigma,
+                                dk32, dv32, dsigma)
+    return _like(dk32, k), _like(dv32, v), dsigma
