@@ -19,8 +19,9 @@ TARGETS = [
 ]
 IDS = ["chunked", "triton", "cpu"]
 
-# Odd sizes on purpose: N not a multiple of the blocks (32 in the interpreter), rectangular grids,
-# prefix tokens, single-row and single-column grids, N smaller than one block.
+# Odd sizes on purpose: N not a multiple of the blocks (32 in the interpreter, 64 in the C++ kernel),
+# rectangular grids, prefix tokens, single-row and single-column grids, N smaller than one block.
+# B·H = 6 takes the C++ kernel's tile-pair schedule on ≤ 3 threads; B·H ≤ 2 its row-block schedule.
 CASES = [
     Case(2, 3, (8, 8), 32, sigma="float"),                          # N = 64: exactly two blocks
     Case(2, 3, (9, 11), 32, num_prefix_tokens=1, sigma="tensor"),   # N = 100, CLS token, learnable σ
@@ -145,3 +146,16 @@ def test_cpu_kernel_any_head_dim_and_thread_count():
     many = run_with_grads(backend_fn(case, "cpu"), k, v, dout, sigma)
     for a, b in zip(one, many):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _CPU_KERNEL.available, reason=str(_CPU_KERNEL))
+@pytest.mark.parametrize("threads", [1, 4])
+def test_cpu_kernel_both_schedules(threads):
+    # B·H = 2: one thread takes the tile-pair schedule (B·H >= 2·threads), four the row-block one.
+    case = Case(1, 2, (9, 11), 32, num_prefix_tokens=1, sigma="tensor")
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        check_backend(case, "cpu", "cpu", torch.float32)
+    finally:
+        torch.set_num_threads(saved)
