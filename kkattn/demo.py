@@ -143,7 +143,7 @@ def _run_accuracy(args) -> dict:
     n = grid[0] * grid[1] + prefix
     dev = torch.device(args.device)
     rows = []
-    targets = [("chunked", torch.float64)] + [(b, dt) for b in ("chunked", "triton")
+    targets = [("chunked", torch.float64)] + [(b, dt) for b in ("chunked", "cpu", "triton")
                                                for dt in (torch.float32, torch.float16, torch.bfloat16)]
     print("| backend | dtype | out | dk | dv | dσ |\n|---|---|---|---|---|---|")
     for backend, dtype in targets:
