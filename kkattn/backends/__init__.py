@@ -11,6 +11,7 @@ this registry: it is plain autograd and is called directly by the public operato
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -48,20 +49,26 @@ class _Chunked:
         pass
 
 
-class _Triton:
-    name = "triton"
-    dtypes = (torch.float16, torch.bfloat16, torch.float32)
-    head_dims = (16, 32, 64, 128)  # tl.arange needs a power of two; tl.dot needs >= 16
+class _Deferred:
+    """A backend whose kernels live in a submodule imported on first use (triton, the extension)."""
 
-    def _launch(self):
-        from . import triton_launch  # imports triton: deferred until first use
-        return triton_launch
+    module = ""
+
+    def _impl(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
 
     def forward(self, *args):
-        return self._launch().forward(*args)
+        return self._impl().forward(*args)
 
     def backward(self, *args):
-        return self._launch().backward(*args)
+        return self._impl().backward(*args)
+
+
+class _Triton(_Deferred):
+    name = "triton"
+    module = "triton_launch"  # imports triton and decorates the kernels
+    dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    head_dims = (16, 32, 64, 128)  # tl.arange needs a power of two; tl.dot needs >= 16
 
     def status(self) -> BackendStatus:
         if importlib.util.find_spec("triton") is None:
@@ -91,21 +98,12 @@ class _Triton:
                              f"got a {device_type} tensor")
 
 
-class _CompiledCPU:
+class _CompiledCPU(_Deferred):
     """The fused C++ kernel of ``kkattn._C`` (csrc/kkattn_cpu.cpp) for CPU tensors."""
 
     name = "cpu"
+    module = "cpu"
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
-
-    def _impl(self):
-        from . import cpu
-        return cpu
-
-    def forward(self, *args):
-        return self._impl().forward(*args)
-
-    def backward(self, *args):
-        return self._impl().backward(*args)
 
     def status(self) -> BackendStatus:
         error = self._impl().load()
