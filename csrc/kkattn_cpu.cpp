@@ -304,16 +304,24 @@ struct Problem {
   const Prior* prior;  // null: no prior
 };
 
-// Forward tile (i, j): rows i attend to keys j; with both_sides also rows j to keys i.
-// m, l, acc are indexed by token (offset by the caller so that rows i and j are in range).
+// Running softmax state (max, sum, P·V accumulator) of a range of rows, starting at its first row.
+struct RowState {
+  float* m;
+  float* l;
+  float* acc;
+  RowState rows_from(int64_t offset, int64_t D) const { return {m + offset, l + offset, acc + offset * D}; }
+};
+
+// Forward tile (i, j): rows i (state si) attend to keys j; with both_sides (state sj) also rows j
+// attend to keys i.
 void forward_tile(const Problem& pb, int64_t h, const float* k, const float* v, int64_t i0, int64_t ri, int64_t j0,
-                  int64_t rj, bool both_sides, float* m, float* l, float* acc, Scratch& w) {
+                  int64_t rj, bool both_sides, const RowState& si, const RowState& sj, Scratch& w) {
   const int64_t D = pb.D;
   mm(false, true, ri, rj, D, pb.scale, k + i0 * D, D, k + j0 * D, D, 0.f, w.s.data(), kTile);
   if (pb.prior) add_prior(w.s.data(), kTile, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
   if (both_sides) transpose(w.st.data(), w.s.data(), ri, rj);
-  softmax_step(w.s.data(), ri, rj, m + i0, l + i0, acc + i0 * D, v + j0 * D, D);
-  if (both_sides) softmax_step(w.st.data(), rj, ri, m + j0, l + j0, acc + j0 * D, v + i0 * D, D);
+  softmax_step(w.s.data(), ri, rj, si.m, si.l, si.acc, v + j0 * D, D);
+  if (both_sides) softmax_step(w.st.data(), rj, ri, sj.m, sj.l, sj.acc, v + i0 * D, D);
 }
 
 // Backward tile (i, J): adds rows i's share to dK_J, dV_J (and with both_sides rows J's share to
@@ -376,20 +384,19 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
+      const RowState state{m.data(), l.data(), acc.data()};  // rows first_row .. last_row − 1
       int64_t first_row = 0, last_row = N;
       if (pairs) {
         for (int64_t i0 = 0; i0 < N; i0 += kTile)
           for (int64_t j0 = i0; j0 < N; j0 += kTile)
             forward_tile(pb, h, kbh, vbh, i0, std::min(kTile, N - i0), j0, std::min(kTile, N - j0), j0 != i0,
-                         m.data(), l.data(), acc.data(), w);
+                         state.rows_from(i0, D), state.rows_from(j0, D), w);
       } else {
         first_row = (item % n_blocks) * kTile;
         last_row = std::min(first_row + kTile, N);
-        // The state arrays hold rows first_row.. only: shift them so token indices address them.
-        float *m0 = m.data() - first_row, *l0 = l.data() - first_row, *acc0 = acc.data() - first_row * D;
         for (int64_t j0 = 0; j0 < N; j0 += kTile)
-          forward_tile(pb, h, kbh, vbh, first_row, last_row - first_row, j0, std::min(kTile, N - j0), false, m0, l0,
-                       acc0, w);
+          forward_tile(pb, h, kbh, vbh, first_row, last_row - first_row, j0, std::min(kTile, N - j0), false, state,
+                       state, w);
       }
       for (int64_t row = first_row; row < last_row; ++row) {
         const int64_t a = row - (pairs ? 0 : first_row);
