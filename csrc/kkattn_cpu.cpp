@@ -409,7 +409,8 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   });
 }
 
-// Writes dk, dv (B, H, N, D) and dsigma (H,), float32 and contiguous; dsigma is zeroed unless needed.
+// Writes dk, dv (B, H, N, D) and dsigma (H,) = Σ dS·G·d² (dσ·σ³), float32 and contiguous; dsigma is
+// zeroed unless needed.
 void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
               const at::Tensor& lse_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w, int64_t num_prefix,
               double scale_d, bool need_dsigma, at::Tensor& dk, at::Tensor& dv, at::Tensor& dsigma) {
@@ -465,15 +466,13 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
 
   dsigma.zero_();
   if (need_dsigma) {
-    auto s = sigma->to(at::kDouble).contiguous();
-    const double* sp = s.data_ptr<double>();
     float* dsp = dsigma.data_ptr<float>();
     const int64_t per_bh = pairs ? 1 : n_blocks;
     for (int64_t h = 0; h < H; ++h) {  // fixed order: deterministic
       double total = 0.0;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t blk = 0; blk < per_bh; ++blk) total += dsigma_part[(b * H + h) * per_bh + blk];
-      dsp[h] = static_cast<float>(total / (sp[h] * sp[h] * sp[h]));
+      dsp[h] = static_cast<float>(total);  // Σ dS·G·d² = dσ·σ³; the caller divides by σ³
     }
   }
 }

@@ -36,7 +36,7 @@ def _forward_fake(k, v, sigma, grid_w, num_prefix_tokens, scale, backend):
 def backward_op(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
                 grid_w: int, num_prefix_tokens: int, scale: float, backend: str,
                 need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dk, dv, dsigma)``; dsigma is ``(H,)`` in the lse dtype, zeros unless ``need_dsigma``."""
+    """``(dk, dv, Σ dS·G·d²)``; the last is ``(H,)`` in the lse dtype (= dσ·σ³), zeros unless ``need_dsigma``."""
     return get_backend(backend).backward(dout, k, v, out, lse, sigma, grid_w, num_prefix_tokens, scale,
                                          need_dsigma)
 
@@ -58,9 +58,13 @@ def _backward(ctx, dout, _dlse):
     k, v, out, lse, sigma = ctx.saved_tensors
     grid_w, num_prefix_tokens, scale, backend = ctx.args
     need_dsigma = sigma is not None and ctx.needs_input_grad[2]
-    dk, dv, dsigma = backward_op(dout, k, v, out, lse, sigma, grid_w, num_prefix_tokens, scale, backend,
-                                 need_dsigma)
-    return dk, dv, (dsigma.to(sigma.dtype) if need_dsigma else None), None, None, None, None
+    dk, dv, dsigma_cubed = backward_op(dout, k, v, out, lse, sigma, grid_w, num_prefix_tokens, scale, backend,
+                                       need_dsigma)
+    if not need_dsigma:
+        return dk, dv, None, None, None, None, None
+    # dσ = Σ dS·∂G/∂σ = Σ dS·G·d² / σ³: the backends return the sum, the σ³ is divided here once.
+    s = sigma.detach().to(dsigma_cubed.dtype)
+    return dk, dv, (dsigma_cubed / (s * s * s)).to(sigma.dtype), None, None, None, None
 
 
 torch.library.register_autograd("kkattn::forward", _backward, setup_context=_setup_context)

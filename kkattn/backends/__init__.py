@@ -6,7 +6,8 @@ inputs — ``check(device_type, dtype, head_dim)`` raises a clear error otherwis
 * ``forward(k, v, sigma, grid_w, num_prefix_tokens, scale) -> (out, lse)``
 * ``backward(dout, k, v, out, lse, sigma, grid_w, num_prefix_tokens, scale, need_dsigma) -> (dk, dv, dsigma)``
 
-with ``sigma`` the ``(H,)`` per-head σ tensor or ``None`` (no prior).  ``"reference"`` is not in
+with ``sigma`` the ``(H,)`` per-head σ tensor or ``None`` (no prior).  ``dsigma`` is the per-head
+``Σ_ij dS·G·d²`` (= dσ·σ³): the autograd formula in ``_ops.py`` divides by σ³ once for every backend.  ``"reference"`` is not in
 this registry: it is plain autograd and is called directly by the public operator.
 """
 from __future__ import annotations

@@ -75,7 +75,7 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
 def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
              grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool,
              rows: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``dsigma`` ``(H,)`` in the lse dtype (zeros unless asked)."""
+    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, lse dtype; zeros unless asked)."""
     batch, heads, n_tokens, _ = k.shape
     compute = _compute_dtype(k.dtype)
     rows = rows or block_rows(batch, heads, n_tokens)
@@ -97,8 +97,6 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
         dk_acc += (ds.transpose(-1, -2) @ kc[:, :, start:stop]) * scale
         if need_dsigma:
             dsigma += (ds * (g * d2)).sum(dim=(0, 2, 3))
-    if need_dsigma:
-        dsigma = dsigma / sigma.detach().to(compute) ** 3
     dk = empty_output_like(k).copy_(dk_acc)
     dv = empty_output_like(v).copy_(dv_acc)
     return dk, dv, dsigma

@@ -52,7 +52,7 @@ def _like(t32: Tensor, like: Tensor) -> Tensor:
 
 def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
              grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``dsigma`` ``(H,)`` float32 (zeros unless asked)."""
+    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
     dk32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dv32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)

@@ -77,7 +77,7 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
 
 def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
              grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``dsigma`` ``(H,)`` float32 (zeros unless asked)."""
+    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
     batch, heads, n_tokens, head_dim = k.shape
     # rowsum(dP ∘ P) = rowsum(dO ∘ O): O(B·H·N), cheap enough in PyTorch.
     delta = (dout.float() * out.float()).sum(-1).contiguous()
@@ -97,8 +97,7 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
         INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
     )
     if need_dsigma:
-        s = sigma.detach().to(torch.float32)
-        dsigma = partial.sum(dim=(0, 2)) / (s * s * s)  # fixed-shape reduction: deterministic
+        dsigma = partial.sum(dim=(0, 2))  # fixed-shape reduction: deterministic
     else:
         dsigma = torch.zeros(heads, dtype=torch.float32, device=k.device)
     return dk, dv, dsigma
