@@ -152,7 +152,7 @@ def _run_accuracy(args) -> dict:
         k, v, dout = (torch.randn(2, heads, n, dim, dtype=torch.float64).to(dtype) for _ in range(3))
         sigma = torch.rand(heads, dtype=torch.float64) * 2 + 0.5
 
-        def grads(fn, dt, device):
+        def grads(fn, dt, device, k=k, v=v, sigma=sigma, dout=dout):
             kk = k.detach().to(device=device, dtype=dt).requires_grad_()
             vv = v.detach().to(device=device, dtype=dt).requires_grad_()
             ss = sigma.detach().to(device=device, dtype=torch.float64 if dt == torch.float64 else torch.float32).requires_grad_()
@@ -162,8 +162,8 @@ def _run_accuracy(args) -> dict:
 
         want = grads(lambda a, b, s: reference.neighborhood_kk_attention(a, b, s, grid=grid, num_prefix_tokens=prefix),
                      torch.float64, "cpu")
-        got = grads(lambda a, b, s: kkattn.neighborhood_kk_attention(a, b, s, grid=grid, num_prefix_tokens=prefix,
-                                                                     backend=backend), dtype, dev)
+        got = grads(lambda a, b, s, backend=backend: kkattn.neighborhood_kk_attention(
+            a, b, s, grid=grid, num_prefix_tokens=prefix, backend=backend), dtype, dev)
         errs = [((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, want)]
         rows.append({"backend": backend, "dtype": str(dtype).replace("torch.", ""),
                      "relative_max_error": dict(zip(("out", "dk", "dv", "dsigma"), errs))})

@@ -57,7 +57,7 @@ def _tile_has_prior(start_i, start_j, BLOCK_I: tl.constexpr, BLOCK_J: tl.constex
 
 @triton.jit
 def nkk_fwd_kernel(
-    K, V, O, LSE, NEG_COEF,
+    K, V, O, LSE, NEG_COEF,  # noqa: E741 (the Triton tutorial's names)
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,

@@ -1,0 +1,61 @@
+"""Reading state dicts safely and writing files atomically.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)`` (a downloaded file must never
+run code) and every write goes to a temporary file in the same folder that is then renamed over the
+target, so a crash never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or does not fit the model; the message names the file."""
+
+
+def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """A plain state dict from ``path``: unwraps ``{"state_dict": ...}``/``{"model": ...}`` and ``module.`` prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt/unsafe files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))

@@ -1,0 +1,88 @@
+"""RemoteCLIP's text tower through open_clip: prompts → L2-normalized class embeddings."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import CheckpointError, PathLike, load_state_dict
+
+
+def _create_clip(model_name: str) -> nn.Module:
+    import logging
+
+    import open_clip
+
+    # open_clip logs its own "no pretrained weights" warning; ours (below) says what to do about it.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        # The visual tower is deleted right after: build a one-layer stand-in instead of 88 M parameters.
+        tiny_visual = dict(open_clip.get_model_config(model_name)["vision_cfg"], layers=1, width=64, head_width=64,
+                           image_size=32, patch_size=32)
+        return open_clip.create_model(model_name, pretrained=None, vision_cfg=tiny_visual,
+                                      device=torch.get_default_device())  # "meta" under summary's context
+    finally:
+        logger.setLevel(level)
+
+
+class TextEncoder(nn.Module):
+    """The text half of an open_clip CLIP (``ViT-B-32-quickgelu`` for RemoteCLIP), tokenizer included.
+
+    Args:
+        model_name: open_clip model name. RemoteCLIP was tuned from OpenAI CLIP, which uses QuickGELU:
+            the plain ``ViT-B-32`` would load the same weights and compute something else.
+        checkpoint: a local open_clip state dict (e.g. ``RemoteCLIP-ViT-B-32.pt``); ``visual.*`` keys are
+            ignored, any other missing or unexpected key is an error naming it. ``None``: random weights
+            (a warning says so).
+
+    Shapes: ``forward(prompts: list[str]) -> (len(prompts), embed_dim)``, rows of unit norm.
+    """
+
+    def __init__(self, model_name: str = "ViT-B-32-quickgelu", checkpoint: Optional[PathLike] = None):
+        super().__init__()
+        import open_clip
+
+        clip = _create_clip(model_name)
+        del clip.visual  # encode_text never touches it; 88 M parameters we do not need
+        self.clip = clip
+        self.model_name = model_name
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.embed_dim = int(clip.text_projection.shape[-1]) if isinstance(clip.text_projection, Tensor) \
+            else int(clip.text_projection.out_features)
+        if checkpoint is None:
+            warnings.warn(f"no text checkpoint given: the {model_name} text tower has random weights. Pass "
+                          "text_checkpoint='RemoteCLIP-ViT-B-32.pt' (an open_clip state dict) for the paper's model.",
+                          stacklevel=4)  # the caller of build_model
+        else:
+            self.load_checkpoint(checkpoint)
+
+    @torch.no_grad()
+    def load_checkpoint(self, path: PathLike) -> None:
+        """Load the text keys of an open_clip state dict; raise :class:`CheckpointError` naming bad keys."""
+        state = {k: v for k, v in load_state_dict(path).items() if not k.startswith("visual.")}
+        own = self.clip.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing text keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            if unexpected:
+                parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+            raise CheckpointError(f"{path} is not a {self.model_name} open_clip checkpoint ({'; '.join(parts)})")
+        bad = [k for k in own if own[k].shape != state[k].shape]
+        if bad:
+            raise CheckpointError(f"{path}: shape mismatch for {bad[0]}: checkpoint {tuple(state[bad[0]].shape)}, "
+                                  f"model {tuple(own[bad[0]].shape)}")
+        self.clip.load_state_dict(state)
+
+    def tokenize(self, prompts: Sequence[str]) -> Tensor:
+        return self.tokenizer(list(prompts))
+
+    def forward(self, prompts: Sequence[str]) -> Tensor:
+        tokens = self.tokenize(prompts).to(self.clip.token_embedding.weight.device)
+        return self.clip.encode_text(tokens, normalize=True)
