@@ -56,6 +56,10 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     return path
 
 
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` that never leaves a partial file at ``path``."""
     return atomic_write(path, lambda handle: torch.save(obj, handle))

@@ -88,8 +88,10 @@ class LoVLANet(nn.Module):
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return {"logits": logits, "embeddings": embeddings, "text": text, "tau": self.alignment.tau}
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.forward_train(images)["logits"]
+    def forward(self, images: Tensor, train_outputs: bool = False):
+        """Logits ``(B, K, H, W)``; with ``train_outputs=True`` the dict of :meth:`forward_train` (for DDP)."""
+        outputs = self.forward_train(images)
+        return outputs if train_outputs else outputs["logits"]
 
     def loss(self, images: Tensor, target: Tensor) -> tuple[LossOutput, Tensor]:
         """``(LossOutput(total, seg, align), logits)`` for a batch and its ``(B, H, W)`` labels."""

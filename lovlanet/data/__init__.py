@@ -1,0 +1,51 @@
+"""Datasets: LoveDA, GID-5, your own image folders, and a built-in synthetic land-cover set.
+
+:func:`build_dataset` is the one entry point the tools use; every dataset yields
+``{"image": uint8 (3, H, W), "mask": int64 (H, W), "name": str}`` with ignored pixels at 255.
+"""
+from __future__ import annotations
+
+from .common import IGNORE_INDEX, DataError, read_image
+from .folder import ImageFolder
+from .gid import GID, GID_CLASSES, GID_COLOURS
+from .loveda import LoveDA, loveda_classes
+from .synthetic import SyntheticLandCover
+from .transforms import TrainAugment, normalize
+
+DATASETS = ("synthetic", "loveda", "gid", "folder")
+
+
+def build_dataset(name: str, root=None, split: str = "train", **options):
+    """A dataset by name. ``options`` go to its class (e.g. ``background=`` for LoveDA, ``tile=`` for GID)."""
+    key = name.lower()
+    if key == "synthetic":
+        return SyntheticLandCover(split, **options)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a root folder (--data-root)")
+    if key == "loveda":
+        return LoveDA(root, split, **options)
+    if key == "gid":
+        return GID(root, split, **options)
+    folder = root if split in (None, "", "all") else _split_folder(root, split)
+    return ImageFolder(folder, **options)
+
+
+def _split_folder(root, split):
+    from pathlib import Path
+
+    path = Path(root) / split
+    return path if path.is_dir() else Path(root)
+
+
+def dataset_classes(dataset) -> tuple[str, ...]:
+    classes = getattr(dataset, "classes", None)
+    if not classes:
+        raise DataError("this dataset has no class list (an image folder without masks/classes.json)")
+    return tuple(classes)
+
+
+__all__ = ["DATASETS", "GID", "GID_CLASSES", "GID_COLOURS", "IGNORE_INDEX", "DataError", "ImageFolder", "LoveDA",
+           "SyntheticLandCover", "TrainAugment", "build_dataset", "dataset_classes", "loveda_classes", "normalize",
+           "read_image"]

@@ -1,0 +1,111 @@
+"""What every dataset shares: the sample format, image/mask readers, and errors that name the file.
+
+A sample is ``{"image": uint8 (3, H, W), "mask": int64 (H, W) or absent, "name": str}``. Images
+stay uint8 RGB until the training/eval loop normalizes them on the device with the statistics
+the model's weights expect (``model.config.mean/std``), so datasets do not depend on the model.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A dataset folder or file that is missing, unreadable or inconsistent; the message names it."""
+
+
+def read_image(path: PathLike, bands: Sequence[int] | None = None) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB array from PNG/JPEG (Pillow) or TIFF (tifffile).
+
+    ``bands``: 0-based channels to take from a multi-band TIFF (e.g. ``(1, 2, 3)`` for the RGB of
+    GID's NIR-RGB images); default: the first three. Never BGR: neither reader swaps channels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB") if bands is None else img)
+    except Exception as exc:  # Pillow/tifffile raise many types for truncated or foreign files
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar TIFF (C, H, W)
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected an (H, W, C) image, got shape {array.shape}")
+    chosen = list(bands) if bands is not None else [0, 1, 2]
+    if max(chosen) >= array.shape[-1]:
+        raise DataError(f"{path} has {array.shape[-1]} bands; bands {tuple(chosen)} were asked for")
+    array = array[..., chosen]
+    if array.dtype != np.uint8:
+        array = to_uint8(array)
+    return np.ascontiguousarray(array)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or float imagery to uint8 (per-image 2–98% stretch, as GIS viewers do)."""
+    lo, hi = np.percentile(array, (2, 98))
+    scaled = (array.astype(np.float32) - lo) / max(float(hi - lo), 1e-6)
+    return (np.clip(scaled, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def read_label(path: PathLike) -> np.ndarray:
+    """A label image as stored: ``(H, W)`` for index masks, ``(H, W, 3)`` for colour-coded ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask not found: {path}")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if img.mode == "P":  # palette PNGs store indices; converting would give colours
+                return np.asarray(img)
+            return np.asarray(img.convert("RGB") if img.mode in ("RGBA", "CMYK", "YCbCr") else img)
+    except Exception as exc:
+        raise DataError(f"cannot read mask {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def lookup(raw: np.ndarray, table: np.ndarray, path: PathLike) -> np.ndarray:
+    """Map raw index-mask values through ``table`` (-1 marks values that must not occur)."""
+    if raw.ndim != 2:
+        raise DataError(f"{path}: expected a single-channel index mask, got shape {raw.shape}")
+    if raw.min() < 0 or raw.max() >= len(table):
+        bad = int(raw.max()) if raw.max() >= len(table) else int(raw.min())
+        raise DataError(f"{path}: mask value {bad} is not one of the dataset's labels")
+    mapped = table[raw]
+    if (mapped < 0).any():
+        bad = int(raw[mapped < 0][0])
+        raise DataError(f"{path}: mask value {bad} is not one of the dataset's labels")
+    return mapped.astype(np.int64)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def sample(image: np.ndarray, mask: np.ndarray | None, name: str) -> dict:
+    out = {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(), "name": name}
+    if mask is not None:
+        out["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return out

@@ -1,0 +1,60 @@
+"""Class colours for masks, overlays and legends (LoveDA's and GID's usual colours where known)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+KNOWN = {
+    "background": (255, 255, 255), "building": (255, 0, 0), "road": (255, 255, 0), "water": (0, 0, 255),
+    "barren": (159, 129, 183), "forest": (0, 255, 0), "agriculture": (255, 195, 128),
+    "built-up": (255, 0, 0), "farmland": (0, 255, 0), "meadow": (255, 255, 0),
+}
+# Distinct fallbacks for other class names (tab10-like).
+FALLBACK = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def palette(class_names: Sequence[str]) -> np.ndarray:
+    """``(K, 3)`` uint8 colours; GID's forest is cyan as in its labels."""
+    names = [n.lower() for n in class_names]
+    gid = "built-up" in names
+    colours = []
+    for i, name in enumerate(names):
+        if gid and name == "forest":
+            colours.append((0, 255, 255))
+        else:
+            colours.append(KNOWN.get(name, FALLBACK[i % len(FALLBACK)]))
+    return np.array(colours, np.uint8)
+
+
+def colourize(labels: np.ndarray, class_names: Sequence[str]):
+    """A palette-mode PIL image: pixel values are class indices, viewers show the colours."""
+    from PIL import Image
+
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = palette(class_names).reshape(-1).tolist()
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    return img
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5):
+    """The RGB image blended with the colour-coded mask."""
+    from PIL import Image
+
+    colours = palette(class_names)[labels]
+    return Image.fromarray((image.astype(np.float32) * (1 - alpha) + colours * alpha).astype(np.uint8))
+
+
+def legend(class_names: Sequence[str]):
+    """A small PNG legend: one colour swatch and name per class."""
+    from PIL import Image, ImageDraw
+
+    row, width = 22, 220
+    img = Image.new("RGB", (width, row * len(class_names) + 8), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (name, colour) in enumerate(zip(class_names, palette(class_names))):
+        y = 4 + i * row
+        draw.rectangle([6, y + 2, 30, y + row - 4], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((40, y + 4), name, fill="black")
+    return img

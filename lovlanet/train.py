@@ -1,0 +1,320 @@
+"""lovlanet-train: train a LoVLANet variant, on one process or under torchrun (DDP).
+
+Examples:
+    lovlanet-train --dataset synthetic --out runs/synthetic --epochs 5 --small
+    lovlanet-train --dataset loveda --data-root /data/LoveDA --variant full \\
+        --text-checkpoint RemoteCLIP-ViT-B-32.pt --visual-checkpoint RemoteCLIP-ViT-B-32.pt --out runs/loveda
+    lovlanet-train --config runs/loveda.yaml --resume
+    torchrun --nproc-per-node 4 -m lovlanet.train --config runs/loveda.yaml
+
+Every epoch writes ``last.pt`` (model, optimizer, schedule, progress) atomically, keeps ``best.pt``
+(best validation mIoU), and appends a row to ``metrics.csv`` and ``metrics.jsonl`` (TensorBoard
+events too when ``tensorboard`` is installed). ``--resume`` continues from ``OUT/last.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .checkpoints import CheckpointError, atomic_write, atomic_write_text
+from .cli import add_dataclass_flags, build_config, run_cli
+from .data import TrainAugment, build_dataset, dataset_classes, normalize
+from .evaluate import evaluate_dataset
+from .model import build_model, read_checkpoint
+
+# A configuration small enough to train on a laptop CPU in minutes (used by --small and the quickstart).
+SMALL_MODEL = {"visual_kwargs": {"depth": 4, "embed_dim": 256, "num_heads": 4}, "feature_blocks": [1, 2, 3, 4],
+               "decoder_dim": 64}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    variant: str = "full"
+    sigma: float = 2.0
+    learnable_sigma: bool = False
+    text_checkpoint: str | None = None
+    visual_checkpoint: str | None = None
+    img_size: int = 1024
+    model_options: dict = field(default_factory=dict)
+    small: bool = False
+    crop_size: int = 512
+    epochs: int = 60
+    batch_size: int = 2
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+    accumulate: int = 1
+    amp: bool = True
+    seed: int = 0
+    workers: int = 2
+    steps_per_epoch: int | None = None
+    eval_tile: int | None = None
+    out: str = "runs/lovlanet"
+    resume: bool = False
+    device: str = "auto"
+
+    def __post_init__(self):
+        for name in ("crop_size", "epochs", "batch_size", "accumulate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.crop_size % 32:
+            raise ValueError(f"crop_size must be a multiple of 32 (the patch size), got {self.crop_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+HELP = {
+    "dataset": "synthetic | loveda | gid | folder",
+    "data_root": "dataset folder (not needed for synthetic)",
+    "dataset_options": 'extra dataset arguments, e.g. {"background": "class"} (LoveDA) or {"tile": 1024} (GID)',
+    "variant": "baseline, kk, gauss, reduce_mlp, kk+gauss, kk+reduce_mlp, gauss+reduce_mlp, full",
+    "sigma": "σ of the Gaussian prior (tokens)",
+    "text_checkpoint": "open_clip state dict for the text tower (RemoteCLIP-ViT-B-32.pt)",
+    "visual_checkpoint": "timm/open_clip weights for the ViT",
+    "img_size": "size the ViT's positional embedding is stored at",
+    "model_options": "other LoVLANetConfig fields",
+    "small": "a 4-block, 256-wide ViT for CPU experiments",
+    "crop_size": "training crop (multiple of 32)",
+    "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
+    "poly_power": "poly schedule lr0·(1 − t/T)^p, t in fractional epochs",
+    "accumulate": "gradient accumulation steps",
+    "amp": "bf16 autocast on CUDA (ignored on CPU)",
+    "steps_per_epoch": "cap on optimizer steps per epoch (quick runs)",
+    "eval_tile": "sliding-window size for validation (default: whole images up to img_size)",
+    "out": "output folder (checkpoints, metrics)",
+    "resume": "continue from OUT/last.pt",
+    "device": "auto | cpu | cuda | cuda:N",
+}
+
+
+# ------------------------------------------------------------------------------------ distributed
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun: NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        dev = torch.device(f"cuda:{local}" if world > 1 or device in ("auto", "cuda") else device)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return rank, world, dev
+
+
+def reduce_mean(value: torch.Tensor) -> float:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------------ logs
+class MetricsLog:
+    """metrics.jsonl + metrics.csv (+ TensorBoard when installed); rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.out, self.enabled = out, enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV/JSONL are enough
+                self.writer = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+
+        def write_csv(handle):
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(self.out / "metrics.csv", write_csv, mode="w")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+
+# ------------------------------------------------------------------------------------------- run
+def collate(items: list[dict]) -> dict:
+    return {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
+            "name": [i["name"] for i in items]}
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, dataset, augment):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.augment(self.dataset[index])
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Run the training described by ``cfg``; returns the final summary (best mIoU, paths)."""
+    rank, world, device = setup_distributed(cfg.device)
+    is_main = rank == 0
+    out = Path(cfg.out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    torch.manual_seed(cfg.seed)
+
+    train_set = build_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
+    val_set = build_dataset(cfg.dataset, cfg.data_root, "val", **cfg.dataset_options)
+    classes = dataset_classes(train_set)
+    if dataset_classes(val_set) != classes:
+        raise ValueError(f"train and val class lists differ: {classes} vs {dataset_classes(val_set)}")
+
+    model_options = {**(SMALL_MODEL if cfg.small else {}), **cfg.model_options}
+    model = build_model(cfg.variant, classes, cfg.img_size, text_checkpoint=cfg.text_checkpoint,
+                        visual_checkpoint=cfg.visual_checkpoint, sigma=cfg.sigma,
+                        learnable_sigma=cfg.learnable_sigma, **model_options).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        _Augmented(train_set, TrainAugment(cfg.crop_size)), batch_size=cfg.batch_size, shuffle=sampler is None,
+        sampler=sampler, num_workers=cfg.workers, collate_fn=collate, drop_last=len(train_set) >= cfg.batch_size * world,
+        generator=generator, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+    steps = len(loader) // cfg.accumulate
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"one epoch has no optimizer step: {len(loader)} batches, accumulate={cfg.accumulate}")
+    total = steps * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / total) ** cfg.poly_power)
+
+    start_epoch, best = 0, -1.0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if cfg.resume and last_path.exists():
+        state = read_checkpoint(last_path)
+        if state["config"] != model.config.to_dict():
+            raise CheckpointError(f"{last_path} was written for another model configuration "
+                                  f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = int(state["epoch"]), float(state["best_miou"])
+        if is_main:
+            print(f"resumed from {last_path} at epoch {start_epoch} (best mIoU {best:.2f})")
+    elif cfg.resume and is_main:
+        print(f"--resume: no {last_path} yet, starting from scratch")
+
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    log = MetricsLog(out, is_main)
+    amp = cfg.amp and device.type == "cuda"
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        sums = torch.zeros(3, device=device)
+        seen, began = 0, time.perf_counter()
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and progress),
+                   dynamic_ncols=True, leave=False)
+        batches = iter(loader)
+        for _ in range(steps):
+            for micro in range(cfg.accumulate):
+                batch = next(batches)
+                images = normalize(batch["image"].to(device, non_blocking=True), model.config.mean, model.config.std)
+                target = batch["mask"].to(device, non_blocking=True)
+                sync = micro == cfg.accumulate - 1 or world == 1
+                context = ddp.no_sync() if not sync else contextlib.nullcontext()
+                with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    outputs = ddp(images, train_outputs=True)  # through __call__, so DDP's hooks run
+                    loss = model.criterion(outputs, target)
+                    (loss.total / cfg.accumulate).backward()
+                sums += torch.stack([loss.total.detach(), loss.seg.detach(), loss.align.detach()]) / cfg.accumulate
+                seen += images.shape[0] * world
+            torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.total.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - began):.1f}")
+        bar.close()
+        elapsed = time.perf_counter() - began
+        train_loss = [reduce_mean(x / steps) for x in sums]
+
+        metrics = evaluate_dataset(model, val_set, tile=cfg.eval_tile or max(cfg.img_size, cfg.crop_size), device=device,
+                                   amp=amp, rank=rank, world=world, progress=False)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": scheduler.get_last_lr()[0],
+               "loss": train_loss[0], "loss_seg": train_loss[1], "loss_align": train_loss[2],
+               "images_per_s": seen / elapsed, "epoch_s": elapsed,
+               **{f"val_{k}": metrics[k] for k in ("mIoU", "mF1", "OA", "Kappa")}}
+        improved = metrics["mIoU"] > best
+        best = max(best, metrics["mIoU"])
+        if is_main:
+            log.write(row)
+            if improved:
+                model.save(best_path, epoch=epoch + 1, metrics=metrics)
+            model.save(last_path, epoch=epoch + 1, best_miou=best, optimizer=optimizer.state_dict(),
+                       scheduler=scheduler.state_dict(), train_config=dataclasses.asdict(cfg))
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss[0]:.4f} (seg {train_loss[1]:.4f}, align "
+                  f"{train_loss[2]:.4f}), val mIoU {metrics['mIoU']:.2f}, OA {metrics['OA']:.2f}, "
+                  f"{seen / elapsed:.1f} img/s{'  [best]' if improved else ''}")
+        if world > 1:
+            dist.barrier()
+    summary = {"best_mIoU": best, "last": str(last_path), "best": str(best_path), "epochs": cfg.epochs}
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lovlanet-train", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
+    add_dataclass_flags(parser, TrainConfig, HELP)
+    args = parser.parse_args(argv)
+    cfg = build_config(TrainConfig, args, args.config)
+    summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+cli_main = main  # the un-wrapped entry point (raises instead of printing "error:")
+
+
+def cli(argv=None) -> int:
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
