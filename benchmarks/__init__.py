@@ -1,8 +1,7 @@
 """Benchmarks: side-by-side timing and memory tables, written to benchmarks/results/.
 
-* ``python -m benchmarks.cpu_operator`` — the CPU kernel against SDPA with a materialized prior,
-  materialized PyTorch and the chunked fallback.
-
-GPU tables (Triton/CUDA against FlashAttention, FlexAttention, cuDNN) and model-level tables come
-with their issues.
+* ``python -m benchmarks.attention`` — the operator: every kkattn backend on the device against
+  the materialized reference, SDPA with a materialized G, FlexAttention, and (GPU) SDPA without bias.
+* ``python -m benchmarks.model`` — the paper's Table 6 (params, GFLOPs, ms, FPS, memory) for our model.
+* ``benchmarks/gpu_check.sh`` — the one command a session with a lent GPU runs (tests + both benchmarks).
 """

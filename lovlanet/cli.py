@@ -61,6 +61,17 @@ def build_config(cls, args: argparse.Namespace, config_file: str | None):
     return cls(**values)
 
 
+def check_variant(model, expected: str | None, checkpoint) -> None:
+    """With ``--variant``, refuse a checkpoint of another variant (names are canonicalized first)."""
+    if expected is None:
+        return
+    from .config import parse_variant, variant_name
+
+    wanted = variant_name(parse_variant(expected))  # raises on an unknown name
+    if model.config.variant != wanted:
+        raise CheckpointError(f"{checkpoint} holds a '{model.config.variant}' model, not '{wanted}'")
+
+
 def resolve_device(name: str):
     """``auto`` → the first GPU if there is one, else the CPU."""
     import torch

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import CheckpointError, atomic_write_text
-from .cli import resolve_device, run_cli
+from .cli import check_variant, resolve_device, run_cli
 from .data import DATASETS, build_dataset, dataset_classes
 from .inference import predict_image
 from .metrics import ConfusionMatrix, metrics_table
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, help="sliding-window size (default: the model's img_size)")
     parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default: 0.25)")
     parser.add_argument("--exclude", nargs="*", default=[], help="classes left out of the means (e.g. background)")
+    parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--out", help="folder for metrics.md and metrics.json")
     args = parser.parse_args(argv)
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     dataset = build_dataset(args.dataset, args.data_root, args.split, **args.dataset_options)
     model = load_model(args.checkpoint, map_location=device)
+    check_variant(model, args.variant, args.checkpoint)
     classes = dataset_classes(dataset)
     if tuple(classes) != tuple(model.config.class_names):
         raise CheckpointError(f"{args.checkpoint} predicts {list(model.config.class_names)}, but the {args.dataset} "

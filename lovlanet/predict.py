@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoints import atomic_write, atomic_write_text
-from .cli import resolve_device, run_cli
+from .cli import check_variant, resolve_device, run_cli
 from .data.common import IMAGE_SUFFIXES, DataError, list_images, read_image
 from .inference import predict_image
 from .palette import colourize, legend, overlay
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overlay", action="store_true", help="also write the image blended with the mask")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
     parser.add_argument("--bands", type=int, nargs=3, help="0-based bands to read as RGB from multi-band TIFFs")
+    parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     args = parser.parse_args(argv)
 
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     paths = collect_inputs(args.inputs)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device).eval()
+    check_variant(model, args.variant, args.checkpoint)
     classes = model.config.class_names
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,7 @@ def test_config_round_trips_through_json_and_checkpoints(tmp_path):
     assert config == model.config
     path = model.save(tmp_path / "model.pt", epoch=3)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+    assert path.stat().st_mode & 0o044  # readable by others like any new file (mkstemp makes 0600)
     again = load_model(path).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

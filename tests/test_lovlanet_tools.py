@@ -54,6 +54,15 @@ def test_eval_writes_tables(trained, tmp_path, capsys):
     assert (tmp_path / "metrics.md").read_text().startswith("**full on synthetic val")
 
 
+def test_eval_and_predict_reject_another_variant(trained, tmp_path, capsys):
+    base = ["--checkpoint", str(trained / "best.pt")]
+    assert evaluate.cli([*base, "--variant", "baseline"]) == 2
+    assert "holds a 'full' model, not 'baseline'" in capsys.readouterr().err
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    assert predict.cli([str(tmp_path / "a.png"), *base, "--out", str(tmp_path / "o"), "--variant", "kk+what"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
 def test_eval_rejects_another_class_list(trained, tmp_path, capsys):
     root = tmp_path / "own"
     (root / "images").mkdir(parents=True)

@@ -1,0 +1,114 @@
+"""What both benchmarks share: the machine's description, timing, peak memory, result files, plots."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """CPU model and threads, or GPU name and driver, plus library versions."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = f"{cpu} ({os.cpu_count()} logical cores)"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except Exception:
+            info["driver"] = None
+    return info
+
+
+def device_slug(device: str) -> str:
+    name = torch.cuda.get_device_name(0) if device == "cuda" else machine()["cpu"].split(" (")[0]
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"{device}-{slug}" if device == "cpu" else slug
+
+
+def describe(info: dict) -> str:
+    hw = f"{info['gpu']} ({info['gpu_memory_gb']} GB, driver {info.get('driver')}, CUDA {info.get('cuda')})" \
+        if "gpu" in info else info["cpu"]
+    return f"{hw}; {info['threads']} torch threads; torch {info['torch']}, triton {info['triton']}, Python {info['python']}"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[], object], device: str, reps: int, warmup: int = 1) -> dict:
+    """Median / min / max wall time (ms) of ``fn`` over ``reps`` runs after ``warmup`` runs, device-synchronized."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "reps": reps}
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic: a partial results file never replaces a complete one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def ratio_text(mine: float, other: float) -> str:
+    r = other / mine
+    return f"{r:.2f}× faster" if r >= 1 else f"{1 / r:.2f}× slower"
