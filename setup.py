@@ -1,8 +1,14 @@
 """Build script: the Python packages always; the C++/CUDA extension ``kkattn._C`` when csrc/ has sources.
 
-Set ``KKATTN_BUILD_EXT=0`` to skip the extension, ``=1`` to require it (the build fails if it can't).
-The default (unset) builds it when csrc/ holds sources and torch is importable, and otherwise
-prints one line saying why it is skipped: the package works without it.
+``KKATTN_BUILD_EXT=0`` skips the extension, ``=1`` requires it (the build fails if it can't). The
+default (unset) builds it when csrc/ holds sources and torch is importable, and otherwise prints
+one line saying why it is skipped: the package works without it.
+
+The CUDA kernels (csrc/*.cu) are compiled into the same extension when torch is a CUDA build and
+nvcc is found (``CUDA_HOME``, else /usr/local/cuda, else ``nvcc`` on PATH); ``KKATTN_BUILD_CUDA=0/1``
+forces them off/on. No GPU is needed to compile: without one, ``TORCH_CUDA_ARCH_LIST`` defaults to
+8.0;9.0 (A100, H100/H200), and the CUDA headers that pip's ``nvidia-*`` wheels ship are added to the
+include path.
 """
 import glob
 import os
@@ -32,12 +38,70 @@ def _extension():
             raise RuntimeError(f"KKATTN_BUILD_EXT=1 but the extension cannot be built: {reason}")
         print(f"kkattn: skipping the C++/CUDA extension: {reason}", file=sys.stderr)
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    cuda_reason = _cuda_unavailable(sources)
+    want_cuda = os.environ.get("KKATTN_BUILD_CUDA", "").strip()
+    if want_cuda == "1" and cuda_reason:
+        raise RuntimeError(f"KKATTN_BUILD_CUDA=1 but the CUDA kernels cannot be built: {cuda_reason}")
+    with_cuda = want_cuda != "0" and cuda_reason is None
+    if not with_cuda:
+        print(f"kkattn: building the CPU kernel only ({'KKATTN_BUILD_CUDA=0' if want_cuda == '0' else cuda_reason})",
+              file=sys.stderr)
+        sources = [s for s in sources if not s.endswith(".cu")]
+    from torch.utils import cpp_extension
 
     # -Wno-psabi: the 8-lane vector helpers are always_inline, so no AVX-ABI boundary is ever crossed.
-    ext = CppExtension("kkattn._C", sources, extra_compile_args={"cxx": ["-O3", "-fopenmp", "-Wno-psabi"]},
-                       extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension}
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
+    if not with_cuda:
+        ext = cpp_extension.CppExtension("kkattn._C", sources, extra_compile_args={"cxx": cxx},
+                                         extra_link_args=["-fopenmp"])
+        return [ext], {"build_ext": cpp_extension.BuildExtension}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
+    print(f"kkattn: building the CPU and CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
+          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
+    nvcc = ["-O3", "--use_fast_math", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
+    ext = cpp_extension.CUDAExtension(
+        "kkattn._C", sources, include_dirs=_nvidia_include_dirs(), define_macros=[("KKATTN_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+def _cuda_unavailable(sources):
+    """Why the CUDA kernels cannot be compiled here, or None. Sets CUDA_HOME when it finds nvcc."""
+    import shutil
+
+    import torch
+
+    if not any(s.endswith(".cu") for s in sources):
+        return "csrc/ has no CUDA sources"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not home:
+        nvcc = "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else shutil.which("nvcc")
+        if nvcc is None:
+            return "nvcc not found (set CUDA_HOME)"
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return f"no nvcc under CUDA_HOME={home}"
+    os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension when it is imported
+    return None
+
+
+def _default_arch_list():
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    return "8.0;9.0"  # no GPU visible (CI): Ampere and Hopper, the cards we run on
+
+
+def _nvidia_include_dirs():
+    """CUDA headers (cusparse.h, cublas_v2.h, ...) that torch's headers include, from pip's nvidia-* wheels."""
+    dirs = []
+    for base in sys.path:
+        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
 
 
 ext_modules, cmdclass = _extension()

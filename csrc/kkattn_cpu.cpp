@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kkattn_math.h"
@@ -480,7 +481,18 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
 }  // namespace cpu
 }  // namespace kkattn
 
+// What this build holds: "cpu", or "cpu+cuda" when csrc/kkattn_cuda.cu was compiled in (setup.py
+// defines KKATTN_WITH_CUDA then).  kkattn.available_backends() reads it.
+std::string build_info() {
+#ifdef KKATTN_WITH_CUDA
+  return "cpu+cuda";
+#else
+  return "cpu";
+#endif
+}
+
 TORCH_LIBRARY(kkattn_C, m) {
+  m.def("build_info() -> str", &build_info);
   m.def(
       "forward(Tensor k, Tensor v, Tensor? sigma, int grid_w, int num_prefix_tokens, float scale, "
       "Tensor(a!) out, Tensor(b!) lse) -> ()");

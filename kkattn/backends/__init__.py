@@ -119,24 +119,36 @@ class _CompiledCPU(_Deferred):
             raise TypeError(f"backend 'cpu' takes float16, bfloat16 or float32 k/v, got {dtype}")
 
 
-class _Compiled:
-    """The CUDA kernels of ``kkattn._C`` (issue: csrc CUDA kernels).
+class _CompiledCUDA(_Deferred):
+    """The tensor-core kernels of ``kkattn._C`` (csrc/kkattn_cuda.cu) for fp16/bf16 CUDA tensors."""
 
-    Not part of this release: ``status()`` reports them as not compiled, and asking for them by
-    name raises.
-    """
-
-    def __init__(self, name: str):
-        self.name = name
+    name = "cuda"
+    module = "cuda"
 
     def status(self) -> BackendStatus:
-        return BackendStatus(self.name, False, "not compiled (this install has no CUDA kernels in kkattn._C)")
+        impl = self._impl()
+        error = impl.load()
+        if error:
+            return BackendStatus(self.name, False, error)
+        if not impl.compiled():
+            return BackendStatus(self.name, False, "not compiled (this install's kkattn._C has no CUDA kernels: "
+                                 "rebuild with nvcc and a CUDA-enabled torch)")
+        if not torch.cuda.is_available():
+            return BackendStatus(self.name, False, "compiled, no GPU")
+        return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name()})")
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
-        raise ValueError(f"backend '{self.name}' is not available: {self.status().detail}")
+        impl = self._impl()
+        if device_type != "cuda":
+            raise ValueError(f"backend 'cuda' takes CUDA tensors, got a {device_type} tensor")
+        if dtype not in impl.DTYPES:
+            raise TypeError(f"backend 'cuda' takes float16 or bfloat16 k/v, got {dtype} "
+                            "(float32: use backend='triton', which runs it in IEEE fp32 or TF32)")
+        if head_dim not in impl.HEAD_DIMS:
+            raise ValueError(f"backend 'cuda' takes head dims {impl.HEAD_DIMS}, got D = {head_dim}")
 
 
-_REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _Compiled("cuda"))}
+_REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _CompiledCUDA())}
 
 
 def _interpreting() -> bool:

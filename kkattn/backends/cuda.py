@@ -1,0 +1,47 @@
+"""The compiled CUDA kernels of ``kkattn._C`` (csrc/kkattn_cuda.cu) behind the backend interface.
+
+They take fp16/bf16 CUDA tensors with head dims 32, 64, 128 and write outputs in the input dtype
+(contiguous, allocated here so tests can poison them); ``lse`` and ``dsigma`` are float32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._alloc import empty_output, empty_output_like
+from .cpu import load  # one library holds both the CPU and the CUDA kernels
+
+DTYPES = (torch.float16, torch.bfloat16)
+HEAD_DIMS = (32, 64, 128)
+
+
+def compiled() -> bool:
+    """Whether this build of ``kkattn._C`` contains the CUDA kernels."""
+    return load() is None and "cuda" in torch.ops.kkattn_C.build_info()
+
+
+def _sigma(sigma: Optional[Tensor]) -> Optional[Tensor]:
+    return None if sigma is None else sigma.detach().float().contiguous()
+
+
+def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
+            scale: float) -> tuple[Tensor, Tensor]:
+    out = empty_output(k.shape, like=k, dtype=k.dtype)
+    lse = empty_output(k.shape[:-1], like=k, dtype=torch.float32)
+    torch.ops.kkattn_C.forward(k, v, _sigma(sigma), grid_w, num_prefix_tokens, scale, out, lse)
+    return out, lse
+
+
+def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
+             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dk = empty_output(k.shape, like=k, dtype=k.dtype)
+    dv = empty_output(k.shape, like=k, dtype=k.dtype)
+    dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)
+    torch.ops.kkattn_C.backward(dout, k, v, out, lse, _sigma(sigma), grid_w, num_prefix_tokens, scale, need_dsigma,
+                                dk, dv, dsigma)
+    # The op's fake implementation promises k's/v's layout.
+    dk = dk if k.is_contiguous() else empty_output_like(k).copy_(dk)
+    dv = dv if v.is_contiguous() else empty_output_like(v).copy_(dv)
+    return dk, dv, dsigma
