@@ -8,7 +8,8 @@ forward+backward. Columns are every kkattn backend the device has (``cpu``, ``cu
 
 * ``reference`` — kkattn's materialized PyTorch reference (N×N prior, logits, probabilities);
 * ``sdpa+G`` — ``F.scaled_dot_product_attention(k, k, v, attn_mask=G)``, building G included
-  (its build time is also shown on its own);
+  (as cheaply as PyTorch allows: the outer product of the separable factors; its build time is
+  also shown on its own);
 * ``flex`` — FlexAttention compiled with the equivalent ``score_mod``, the best of three forms
   (exp in the mod, a 1-D table lookup, a stored G); forward only on CPU (no CPU backward);
 * ``sdpa`` — on GPUs, SDPA with no bias at all: the speed-of-light reference.
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import RESULTS, describe, device_slug, machine, ratio_text, rss_mb, time_it, write_csv, write_json, \
+from .common import RESULTS, PeakRSS, describe, device_slug, machine, ratio_text, time_it, write_csv, write_json, \
     write_text
 
 PASSES = ("fwd", "fwd+bwd")
@@ -93,6 +94,14 @@ def n2_bytes(method: str, batch: int, heads: int, n: int, pass_: str, elem: int)
     return 0
 
 
+def separable_prior(grid: int, sigma: float, dtype, device) -> torch.Tensor:
+    """G for a square grid as cheaply as PyTorch allows a user to build it: one multiply per entry,
+    the outer product of the row and column factors g(Δr)·g(Δc)."""
+    idx = torch.arange(grid, device=device)
+    g = torch.exp(-((idx[:, None] - idx[None, :]).float() ** 2) / (2 * sigma * sigma))  # (grid, grid)
+    return (g[:, None, :, None] * g[None, :, None, :]).reshape(grid * grid, grid * grid).to(dtype)
+
+
 def make_fn(method: str, grid: int, sigma: float, dtype, device, form: str = "exp"):
     """``fn(k, v) -> out`` for a method (``form`` picks the FlexAttention score_mod)."""
     import kkattn
@@ -104,8 +113,7 @@ def make_fn(method: str, grid: int, sigma: float, dtype, device, form: str = "ex
         return lambda k, v: kkattn.reference.neighborhood_kk_attention(k, v, sigma, grid=(grid, grid))
     if method == "sdpa+G":
         def sdpa_g(k, v):
-            prior = kkattn.gaussian_prior((grid, grid), sigma, dtype=k.dtype, device=k.device)
-            return F.scaled_dot_product_attention(k, k, v, attn_mask=prior)
+            return F.scaled_dot_product_attention(k, k, v, attn_mask=separable_prior(grid, sigma, k.dtype, k.device))
         return sdpa_g
     if method == "sdpa":
         return lambda k, v: F.scaled_dot_product_attention(k, k, v)
@@ -153,7 +161,6 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
     torch.manual_seed(0)
     k, v, dout = inputs(args.batch, args.heads, n, args.dim, dtype, device)
     ref = torch.load(oracle, weights_only=True)
-    base_rss = rss_mb()  # CPU: peak RSS only grows, so every pass is measured from here (fwd+bwd ⊇ fwd)
     rows = []
     forms = FLEX_FORMS if method == "flex" else ("",)
     for pass_ in PASSES:
@@ -165,7 +172,7 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
         for form in forms:
             row = dict(base, form=form) if form else dict(base)
             try:
-                row.update(_measure(method, form or "exp", grid, pass_, k, v, dout, ref, dtype, args, base_rss))
+                row.update(_measure(method, form or "exp", grid, pass_, k, v, dout, ref, dtype, args))
             except torch.OutOfMemoryError:
                 row["status"] = "OOM"
             except Exception as exc:  # a peer that cannot run this shape is reported, not fatal
@@ -183,10 +190,10 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
     return rows
 
 
-def _measure(method, form, grid, pass_, k, v, dout, ref, dtype, args, base_rss: float) -> dict:
+def _measure(method, form, grid, pass_, k, v, dout, ref, dtype, args) -> dict:
     device = args.device
     fn = make_fn(method, grid, args.sigma, dtype, device, form)
-    out = fn(k, v)  # warm-up / compile; also the correctness gate
+    out = fn(k, v)  # compile / load libraries; also the correctness gate
     err = ((out[:1, :1].double().cpu() - ref).abs().max() / ref.abs().max()).item()
     if not err <= TOLERANCE[dtype]:
         return {"status": f"WRONG (max rel err {err:.1e})", "max_rel_err": err}
@@ -201,19 +208,19 @@ def _measure(method, form, grid, pass_, k, v, dout, ref, dtype, args, base_rss: 
         def run():
             kk.grad = vv.grad = None
             fn(kk, vv).backward(dout)
+    rss = PeakRSS()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+    else:
+        rss.start()  # after the gate: one-time library loading is not the method's memory
     timing = time_it(run, device, args.reps, warmup=1)
-    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device == "cuda" else rss_mb() - base_rss
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device == "cuda" else rss.growth_mb()
     result = {**timing, "peak_mb": peak, "max_rel_err": err, "status": "ok",
               "tflops": flops(args.batch, args.heads, grid * grid, args.dim, pass_) / (timing["ms"] * 1e-3) / 1e12}
-    if method == "sdpa+G":
-        import kkattn
-
-        result["g_build_ms"] = time_it(lambda: kkattn.gaussian_prior((grid, grid), args.sigma, dtype=dtype, device=device),
-                                       device, args.reps)["ms"]
+    if method == "sdpa+G" and pass_ == "fwd":
+        result["g_build_ms"] = time_it(lambda: separable_prior(grid, args.sigma, dtype, device), device, 3)["ms"]
     return result
 
 
@@ -266,7 +273,8 @@ def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
                 for other in ("reference", "sdpa+G"):
                     a, b = by.get(mine, {}), by.get(other, {})
                     ratios.append(ratio_text(a["ms"], b["ms"]) if a.get("status") == "ok" and b.get("status") == "ok" else "—")
-                g = by.get("sdpa+G", {}).get("g_build_ms")
+                g = next((r.get("g_build_ms") for r in rows if r["method"] == "sdpa+G" and r["grid"] == grid
+                          and r["dtype"] == dtype and r.get("g_build_ms") is not None), None)
                 lines.append(f"| {grid}×{grid} ({grid * grid}) | " + " | ".join(cell_text(by.get(m)) for m in cols)
                              + " | " + " | ".join(ratios) + f" | {f'{g:,.1f} ms' if g is not None else '—'} |")
             lines.append("")
@@ -394,7 +402,10 @@ def main(argv=None) -> int:
     stem = f"{device_slug(args.device)}-{meta['date']}{'-quick' if args.quick else ''}"
     text = markdown(rows, methods, meta)
     picture = plot(rows, methods, meta, args.out / f"{stem}.png")
-    text += f"\nPlot: `{picture}`\n" if picture.endswith(".png") else f"\n{picture}\n"
+    if picture.endswith(".png"):
+        text += f"\nPlot: `{Path(picture).name}` (beside this file)\n"
+    else:
+        text += f"\n{picture}\n"
     write_text(args.out / f"{stem}.md", text)
     write_csv(args.out / f"{stem}.csv", rows)
     write_json(args.out / f"{stem}.json", {"meta": meta, "rows": rows})

@@ -78,11 +78,30 @@ def time_it(fn: Callable[[], object], device: str, reps: int, warmup: int = 1) -
     return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "reps": reps}
 
 
-def rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
-    import resource
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+class PeakRSS:
+    """Peak resident memory above the current one, for a block of CPU work (Linux).
+
+    ``start()`` resets the kernel's high-water mark (``/proc/self/clear_refs``) and records the current
+    RSS; ``growth_mb()`` is the high-water mark since then minus that. Without the reset, an earlier peak
+    (imports, a previous pass) would hide smaller later ones.
+    """
+
+    def start(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass  # not Linux, or not allowed: the peak may then include earlier phases
+        self.base = _status_mb("VmRSS")
+
+    def growth_mb(self) -> float:
+        return max(0.0, _status_mb("VmHWM") - self.base)
 
 
 def write_text(path: Path, text: str) -> None:

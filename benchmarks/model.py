@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .common import RESULTS, describe, device_slug, machine, rss_mb, time_it, write_csv, write_json, write_text
+from .common import RESULTS, PeakRSS, describe, device_slug, machine, time_it, write_csv, write_json, write_text
 
 # Table 6 of the paper: params (M), FLOPs (G), time (ms), FPS, memory (GB) on an RTX 4090.
 PAPER = {"baseline": (166.97, 446.73, 49.44, 20.23, 3.20), "kk": (159.88, 439.80, 48.62, 20.57, 3.08),
@@ -71,7 +71,8 @@ def attention_backend(variant: str, device: str) -> str:
 def measure(variant: str, img_size: int, reps: int, device: str) -> dict:
     """Time and peak memory (weights + activations, as the paper's GPU figure) of one variant, in this process."""
     torch.manual_seed(0)
-    base = rss_mb()  # before the weights exist: the CPU figure then covers weights + activations
+    rss = PeakRSS()
+    rss.start()  # before the weights exist: the CPU figure then covers weights + activations
     model = build(variant, img_size).to(device)
     images = torch.randn(1, 3, img_size, img_size, device=device)
     if device == "cuda":
@@ -83,7 +84,7 @@ def measure(variant: str, img_size: int, reps: int, device: str) -> dict:
             model(images)
 
     timing = time_it(run, device, reps, warmup=1)
-    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else (rss_mb() - base) / 1024
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else rss.growth_mb() / 1024
     return {**timing, "fps": 1e3 / timing["ms"], "peak_gb": peak_gb}
 
 

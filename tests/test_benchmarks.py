@@ -41,3 +41,10 @@ def test_report_lists_every_method():
             "machine": {"cpu": "x", "threads": 1, "torch": "t", "triton": None, "python": "3"}}
     text = attention.markdown(rows, ["kkattn-cpu", "reference", "sdpa+G"], meta)
     assert "| 4×4 (16) | 2.0 ms (1.0–3.0)" in text and "1.00× faster" in text and "0.5 ms" in text
+
+
+def test_sdpa_prior_equals_kkattn_prior():
+    import kkattn
+
+    torch.testing.assert_close(attention.separable_prior(7, 1.5, torch.float32, "cpu"),
+                               kkattn.gaussian_prior((7, 7), 1.5))
