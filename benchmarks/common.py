@@ -106,10 +106,9 @@ class PeakRSS:
 
 def write_text(path: Path, text: str) -> None:
     """Atomic: a partial results file never replaces a complete one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from lovlanet.checkpoints import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

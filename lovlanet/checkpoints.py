@@ -20,15 +20,21 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or does not fit the model; the message names the file."""
 
 
-def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``path``: unwraps ``{"state_dict": ...}``/``{"model": ...}`` and ``module.`` prefixes."""
+def safe_load(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or unreadable file is a
+    :class:`CheckpointError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/unsafe files
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """A plain state dict from ``path``: unwraps ``{"state_dict": ...}``/``{"model": ...}`` and ``module.`` prefixes."""
+    obj = safe_load(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -34,8 +34,7 @@ def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25,
     classes = model.config.class_names
     device = torch.device(device) if device is not None else next(model.parameters()).device
     confusion = ConfusionMatrix(len(classes), model.config.ignore_index, classes,
-                                exclude=[classes.index(c) if isinstance(c, str) else c for c in exclude])
-    confusion.matrix = torch.zeros(len(classes), len(classes), dtype=torch.int64, device=device)
+                                exclude=[classes.index(c) if isinstance(c, str) else c for c in exclude], device=device)
     indices = range(rank, len(dataset), world)
     for index in tqdm(indices, desc="evaluating", disable=not (progress and rank == 0), dynamic_ncols=True):
         item = dataset[index]

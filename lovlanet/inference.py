@@ -13,16 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data.common import window_starts
 from .data.transforms import normalize
-
-
-def window_starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
 
 
 @torch.no_grad()

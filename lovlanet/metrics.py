@@ -18,21 +18,23 @@ from torch import Tensor
 
 
 class ConfusionMatrix:
-    """Accumulates a ``(K, K)`` int64 confusion matrix on the device of the first update.
+    """Accumulates a ``(K, K)`` int64 confusion matrix on ``device`` (default: that of the first update).
 
     ``update(pred, target)`` takes label tensors of the same shape (any shape); ``all_reduce()`` sums
     across ``torch.distributed`` ranks; ``compute()`` returns the metrics dict.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None,
-                 exclude: Sequence[int] = ()):
+                 exclude: Sequence[int] = (), device=None):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(num_classes))
         self.exclude = tuple(sorted(set(exclude)))
-        self.matrix: Tensor | None = None
+        # Allocated up front when the device is known (every rank then has one to all-reduce).
+        self.matrix: Tensor | None = None if device is None else \
+            torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, PathLike, atomic_save
+from .checkpoints import CheckpointError, PathLike, atomic_save, safe_load
 from .config import LoVLANetConfig
 from .decoder import CrossModalAlignment, SpatialFeatureFusion
 from .encoder import FeaturePyramid, NeighborhoodKKEncoder
@@ -168,13 +168,7 @@ def load_model(path: PathLike, *, map_location="cpu", expect: Optional[LoVLANetC
 
 def read_checkpoint(path: PathLike) -> dict:
     """A LoVLANet checkpoint dict, validated; raises :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    checkpoint = safe_load(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a LoVLANet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     return checkpoint

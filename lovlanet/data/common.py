@@ -6,14 +6,14 @@ the model's weights expect (``model.config.mean/std``), so datasets do not depen
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 
-PathLike = Union[str, os.PathLike]
+from ..checkpoints import PathLike
+
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -98,6 +98,17 @@ def lookup(raw: np.ndarray, table: np.ndarray, path: PathLike) -> np.ndarray:
         bad = int(raw[mapped < 0][0])
         raise DataError(f"{path}: mask value {bad} is not one of the dataset's labels")
     return mapped.astype(np.int64)
+
+
+def window_starts(length: int, tile: int, stride: int, edge: str = "shift") -> list[int]:
+    """Start offsets of ``tile``-long windows every ``stride`` along ``length``. The last window is
+    shifted back inside (``"shift"``) or kept on the stride grid past the end (``"pad"``)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile if edge == "shift" else starts[-1] + stride)
+    return starts
 
 
 def list_images(folder: Path) -> list[Path]:

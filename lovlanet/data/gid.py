@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .common import IGNORE_INDEX, DataError, PathLike, list_images, read_image, read_label, sample
+from .common import IGNORE_INDEX, DataError, PathLike, list_images, read_image, read_label, sample, window_starts
 
 GID_CLASSES = ("built-up", "farmland", "forest", "meadow", "water")
 GID_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 255, 255), (255, 255, 0), (0, 0, 255))
@@ -115,19 +115,11 @@ class GID(torch.utils.data.Dataset):
         self.tiles: list[tuple[int, int, int]] = []
         for index, (image_path, _) in enumerate(self.scenes):
             height, width = _image_size(image_path)
-            for y in self._starts(height):
-                for x in self._starts(width):
+            for y in window_starts(height, self.tile, self.stride, edge):
+                for x in window_starts(width, self.tile, self.stride, edge):
                     self.tiles.append((index, y, x))
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = max(1, cache)
-
-    def _starts(self, length: int) -> list[int]:
-        if length <= self.tile:
-            return [0]
-        starts = list(range(0, length - self.tile + 1, self.stride))
-        if starts[-1] + self.tile < length:
-            starts.append(length - self.tile if self.edge == "shift" else starts[-1] + self.stride)
-        return starts
 
     def scene(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The whole scene ``index``: ``(image (H, W, 3) uint8, mask (H, W) int64)``."""
