@@ -400,9 +400,18 @@ void dispatch(at::ScalarType dtype, int64_t D, Launch&& launch) {
   else by_dim(__nv_bfloat16{});
 }
 
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+// Raises the kernel's dynamic shared-memory limit (above 48 KB needs it), launches it on the current
+// stream, and checks the launch.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, size_t smem, Args... args) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
 }
 
 // out: k's dtype, contiguous (B, H, N, D); lse: float32 (B, H, N).
@@ -417,17 +426,11 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   if (N == 0 || B * H == 0) return;
   const float* sig = sigma.has_value() ? sigma->data_ptr<float>() : nullptr;
   const dim3 grid((N + kBM - 1) / kBM, B * H);
-  const auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(k.scalar_type(), D, [&](auto t, auto d) {
     using T = decltype(t);
     constexpr int kD = decltype(d)::value;
-    constexpr size_t bytes = forward_smem<T, kD>();
-    set_smem(forward_kernel<T, kD>, bytes);
-    forward_kernel<T, kD><<<grid, kThreads, bytes, stream>>>(
-        reinterpret_cast<const T*>(k.data_ptr()), reinterpret_cast<const T*>(v.data_ptr()),
-        reinterpret_cast<T*>(out.data_ptr()), lse.data_ptr<float>(), sig, N, static_cast<int>(H), grid_w, num_prefix,
-        static_cast<float>(scale));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(forward_kernel<T, kD>, grid, forward_smem<T, kD>(), ptr<const T>(k), ptr<const T>(v), ptr<T>(out),
+           lse.data_ptr<float>(), sig, N, static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale));
   });
 }
 
@@ -454,18 +457,12 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   auto part = at::zeros({B, H, blocks}, k.options().dtype(at::kFloat));
   const float* sig = sigma.has_value() ? sigma->data_ptr<float>() : nullptr;
   const dim3 grid(blocks, B * H);
-  const auto stream = at::cuda::getCurrentCUDAStream();
   dispatch(k.scalar_type(), D, [&](auto t, auto d) {
     using T = decltype(t);
     constexpr int kD = decltype(d)::value;
-    constexpr size_t bytes = backward_smem<T, kD>();
-    set_smem(backward_kernel<T, kD>, bytes);
-    backward_kernel<T, kD><<<grid, kThreads, bytes, stream>>>(
-        reinterpret_cast<const T*>(k.data_ptr()), reinterpret_cast<const T*>(v.data_ptr()),
-        reinterpret_cast<const T*>(dout.data_ptr()), lse.data_ptr<float>(), delta.data_ptr<float>(), sig,
-        reinterpret_cast<T*>(dk.data_ptr()), reinterpret_cast<T*>(dv.data_ptr()), part.data_ptr<float>(), N,
-        static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale), need_dsigma);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(backward_kernel<T, kD>, grid, backward_smem<T, kD>(), ptr<const T>(k), ptr<const T>(v), ptr<const T>(dout),
+           lse.data_ptr<float>(), delta.data_ptr<float>(), sig, ptr<T>(dk), ptr<T>(dv), part.data_ptr<float>(), N,
+           static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale), need_dsigma);
   });
   if (need_dsigma) dsigma.copy_(part.to(at::kDouble).sum({0, 2}));  // fixed-shape reduction: deterministic
 }
