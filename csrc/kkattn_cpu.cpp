@@ -7,9 +7,12 @@
 //    per element.  For a query row, a run of keys on one grid row adds g_r(Δr)·profile[c..] (a
 //    contiguous axpy).  Runs and whole tiles whose largest G is below 2^-24 are skipped: exact to
 //    fp32 rounding (kNegligiblePrior in kkattn_math.h).
-//  * Forward: online softmax over key tiles; log-sum-exp saved.
+//  * Forward: online softmax over key tiles; log-sum-exp saved.  The diagonal weight P_ii is
+//    accumulated apart from the rest of the row, and the off-diagonal output O' and weight p_off
+//    are written for the backward (kkattn/_ops.py: δ' without cancellation).
 //  * Backward: Q = K, so the logit tile S_iJ serves both P_iJ = exp(S_iJ − L_i) and
 //    P_Jiᵀ = exp(S_iJ − L_J): five GEMMs per ordered tile pair, from which dK_J and dV_J follow.
+//    On the diagonal P_ii is the forward's and dS_ii = −P_ii·δ'_i.
 //  * Two schedules (see use_pairs): a work item per (batch·head, row block) over all ordered tile
 //    pairs, or — with ≥ 2 (batch, head) items per thread — a work item per batch·head over each
 //    unordered pair once, updating both sides (S = KKᵀ is symmetric: a quarter fewer forward GEMMs,
@@ -61,8 +64,8 @@ void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha
 
 // exp(x), branch-free (Cephes' expf polynomial, ~1 ulp), written on 8-lane GCC vectors so that
 // every target_clones copy vectorizes it (SSE: two halves; AVX2/AVX-512: one ymm).  Inputs below
-// −87.3 give ~1e-38 instead of a denormal or 0: softmax terms that small vanish against a row sum
-// >= 1.
+// −87.3 give exactly 0 (no denormals): a saturated softmax row must be exactly one-hot, or its
+// ~1e-38 leftovers, times keys of 1e4, show up in dK where the true gradient is 0.
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
@@ -77,7 +80,8 @@ __attribute__((always_inline)) inline void store8(float* p, v8f v) { std::memcpy
 template <typename F, typename I>
 __attribute__((always_inline)) inline F exp_poly(F x) {
   constexpr float kRound = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  x = x < -87.3f ? F{} - 87.3f : x;
+  const auto underflow = x < -87.3f;
+  x = underflow ? F{} - 87.3f : x;
   x = x > 88.3f ? F{} + 88.3f : x;
   const F t = x * 1.44269504088896341f + kRound;
   const F n = t - kRound;
@@ -96,7 +100,7 @@ __attribute__((always_inline)) inline F exp_poly(F x) {
   const I bits = (ti - ki + 127) << 23;  // 2^n
   F scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return underflow ? F{} : p * scale;
 }
 
 __attribute__((always_inline)) inline v8f exp8(v8f x) { return exp_poly<v8f, v8i>(x); }
@@ -288,12 +292,25 @@ void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // b
 }
 
 // Online-softmax step for `rows` query rows against `cols` keys: s (leading dim kTile) holds their
-// logits and becomes P; m, l, acc are those rows' running max, sum and P·V accumulator.
-void softmax_step(float* s, int64_t rows, int64_t cols, float* m, float* l, float* acc, const float* v, int64_t D) {
+// logits and becomes P; m, l, d, acc are those rows' running max, off-diagonal sum, diagonal weight
+// and off-diagonal P·V accumulator.  With `diagonal` (the keys are the rows' own tokens) entry
+// (a, a) goes to d instead of l and acc.
+void softmax_step(float* s, int64_t rows, int64_t cols, bool diagonal, float* m, float* l, float* d, float* acc,
+                  const float* v, int64_t D) {
   for (int64_t a = 0; a < rows; ++a) {
     float* sa = s + a * kTile;
     const float alpha = online_softmax_update(m[a], row_max(sa, cols));
+    float s_diag = 0.f;
+    if (diagonal) {
+      s_diag = sa[a];
+      sa[a] = -std::numeric_limits<float>::infinity();
+    }
     l[a] = l[a] * alpha + exp_shift_sum(sa, cols, m[a]);
+    d[a] *= alpha;
+    if (diagonal) {
+      sa[a] = 0.f;  // not in the P·V product below
+      d[a] += std::exp(s_diag - m[a]);
+    }
     if (alpha != 1.f) scale_row(acc + a * D, alpha, D);
   }
   mm(false, false, rows, D, cols, 1.f, s, kTile, v, D, 1.f, acc, D);
@@ -305,12 +322,14 @@ struct Problem {
   const Prior* prior;  // null: no prior
 };
 
-// Running softmax state (max, sum, P·V accumulator) of a range of rows, starting at its first row.
+// Running softmax state (max, off-diagonal sum, diagonal weight, off-diagonal P·V accumulator) of a
+// range of rows, starting at its first row.
 struct RowState {
   float* m;
   float* l;
+  float* d;
   float* acc;
-  RowState rows_from(int64_t offset, int64_t D) const { return {m + offset, l + offset, acc + offset * D}; }
+  RowState rows_from(int64_t offset, int64_t D) const { return {m + offset, l + offset, d + offset, acc + offset * D}; }
 };
 
 // Forward tile (i, j): rows i (state si) attend to keys j; with both_sides (state sj) also rows j
@@ -321,15 +340,25 @@ void forward_tile(const Problem& pb, int64_t h, const float* k, const float* v, 
   mm(false, true, ri, rj, D, pb.scale, k + i0 * D, D, k + j0 * D, D, 0.f, w.s.data(), kTile);
   if (pb.prior) add_prior(w.s.data(), kTile, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
   if (both_sides) transpose(w.st.data(), w.s.data(), ri, rj);
-  softmax_step(w.s.data(), ri, rj, si.m, si.l, si.acc, v + j0 * D, D);
-  if (both_sides) softmax_step(w.st.data(), rj, ri, sj.m, sj.l, sj.acc, v + i0 * D, D);
+  softmax_step(w.s.data(), ri, rj, i0 == j0, si.m, si.l, si.d, si.acc, v + j0 * D, D);
+  if (both_sides) softmax_step(w.st.data(), rj, ri, false, sj.m, sj.l, sj.d, sj.acc, v + i0 * D, D);
 }
 
 // Backward tile (i, J): adds rows i's share to dK_J, dV_J (and with both_sides rows J's share to
 // dK_i, dV_i); returns this tile's Σ dS·G·d² (dσ·σ³) when need_dsigma.
+// Per-row statistics of one (batch, head) for the backward (kkattn/_ops.py): the forward's lse,
+// δ, δ' = δ − dP_ii and the forward's P_ii.
+struct RowStats {
+  const float* lse;
+  const float* delta;
+  const float* delta_diag;
+  const float* p_diag;
+};
+
 double backward_tile(const Problem& pb, int64_t h, const float* k, const float* v, const float* dout,
-                     const float* lse, const float* delta, int64_t i0, int64_t ri, int64_t j0, int64_t rj,
+                     const RowStats& st, int64_t i0, int64_t ri, int64_t j0, int64_t rj,
                      bool both_sides, bool need_dsigma, float* dk, float* dv, Scratch& w) {
+  const float *lse = st.lse, *delta = st.delta;
   const int64_t D = pb.D;
   float *s = w.s.data(), *p = w.p.data(), *pt = w.pt.data(), *dp = w.dp.data(), *dpt = w.dpt.data(), *ds = w.ds.data();
   // S_iJ = scale·K_i K_Jᵀ + G_iJ, once for both P_iJ and P_Jiᵀ.
@@ -340,6 +369,8 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
     exp_shift_sum(p + a * kTile, rj, lse[i0 + a]);                 // P_iJ
     exp_shift_vec(pt + a * kTile, s + a * kTile, lse + j0, rj);   // P_Jiᵀ
   }
+  if (i0 == j0)  // the diagonal: the forward's P_ii (exact where the softmax saturates)
+    for (int64_t a = 0; a < ri; ++a) p[a * kTile + a] = pt[a * kTile + a] = st.p_diag[i0 + a];
   mm(true, false, rj, D, ri, 1.f, p, kTile, dout + i0 * D, D, 1.f, dv + j0 * D, D);    // dV_J += P_iJᵀ dO_i
   if (both_sides) mm(false, false, ri, D, rj, 1.f, pt, kTile, dout + j0 * D, D, 1.f, dv + i0 * D, D);  // dV_i += P_Jiᵀ dO_J
   mm(false, true, ri, rj, D, 1.f, dout + i0 * D, D, v + j0 * D, D, 0.f, dp, kTile);    // dP_iJ
@@ -349,6 +380,12 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
     // dS_iJ into ds; dS_iJ + dS_Jiᵀ into s (the logits are no longer needed).
     logit_grads(ds + o, s + o, p + o, dp + o, delta[i0 + a], pt + o, dpt + o, delta + j0, rj);
   }
+  if (i0 == j0)  // dS_ii = −P_ii·δ'_i, free of the cancellation in dP_ii − δ_i
+    for (int64_t a = 0; a < ri; ++a) {
+      const int64_t e = a * kTile + a;
+      ds[e] = -p[e] * st.delta_diag[i0 + a];
+      s[e] = 2.f * ds[e];  // dS_ii + dS_iiᵀ
+    }
   mm(true, false, rj, D, ri, pb.scale, s, kTile, k + i0 * D, D, 1.f, dk + j0 * D, D);  // dK_J += scale·Tᵀ K_i
   if (both_sides) mm(false, false, ri, D, rj, pb.scale, s, kTile, k + j0 * D, D, 1.f, dk + i0 * D, D);  // dK_i
   if (!need_dsigma) return 0.0;
@@ -358,19 +395,28 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
 
 }  // namespace
 
-// Writes out (B, H, N, D) and lse (B, H, N), both float32 and contiguous; k, v in any float dtype.
+// Writes out (B, H, N, D) and lse (B, H, N), both float32 and contiguous, and when given the
+// off-diagonal output out_off (B, H, N, D) and weight p_off (B, H, N); k, v in any float dtype.
 void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w,
-             int64_t num_prefix, double scale_d, at::Tensor& out, at::Tensor& lse) {
+             int64_t num_prefix, double scale_d, at::Tensor& out, at::Tensor& lse,
+             const c10::optional<at::Tensor>& out_off, const c10::optional<at::Tensor>& p_off) {
   check_inputs(k_in, v_in, sigma, grid_w, num_prefix);
   const auto k = k_in.to(at::kFloat).contiguous();
   const auto v = v_in.to(at::kFloat).contiguous();
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
   check_output(out, k.sizes(), "out");
   check_output(lse, {B, H, N}, "lse");
+  TORCH_CHECK(out_off.has_value() == p_off.has_value(), "kkattn cpu kernel: out_off and p_off go together");
+  if (out_off.has_value()) {
+    check_output(*out_off, k.sizes(), "out_off");
+    check_output(*p_off, {B, H, N}, "p_off");
+  }
   const Prior prior = sigma.has_value() ? make_prior(*sigma, N, grid_w, num_prefix) : Prior{};
   const Problem pb{N, D, static_cast<float>(scale_d), sigma.has_value() ? &prior : nullptr};
   const float *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  float* oop = out_off.has_value() ? out_off->data_ptr<float>() : nullptr;
+  float* pop = p_off.has_value() ? p_off->data_ptr<float>() : nullptr;
   const int64_t n_blocks = (N + kTile - 1) / kTile;
   const bool pairs = use_pairs(B * H);
   const int64_t items = pairs ? B * H : B * H * n_blocks;
@@ -378,14 +424,15 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w(grid_w);
     const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
-    std::vector<float> m(span), l(span), acc(span * D);
+    std::vector<float> m(span), l(span), d(span), acc(span * D);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const float *kbh = kp + bh * N * D, *vbh = vp + bh * N * D;
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
+      std::fill(d.begin(), d.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
-      const RowState state{m.data(), l.data(), acc.data()};  // rows first_row .. last_row − 1
+      const RowState state{m.data(), l.data(), d.data(), acc.data()};  // rows first_row .. last_row − 1
       int64_t first_row = 0, last_row = N;
       if (pairs) {
         for (int64_t i0 = 0; i0 < N; i0 += kTile)
@@ -401,29 +448,38 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
       }
       for (int64_t row = first_row; row < last_row; ++row) {
         const int64_t a = row - (pairs ? 0 : first_row);
-        const float inv = 1.f / l[a];
+        const float total = l[a] + d[a], inv = 1.f / total;
+        const float* v_row = vbh + row * D;
         float* dst = op + (bh * N + row) * D;
-        for (int64_t d = 0; d < D; ++d) dst[d] = acc[a * D + d] * inv;
-        lp[bh * N + row] = m[a] + std::log(l[a]);
+        for (int64_t x = 0; x < D; ++x) dst[x] = (acc[a * D + x] + d[a] * v_row[x]) * inv;
+        lp[bh * N + row] = m[a] + std::log(total);
+        if (oop) {
+          float* dst_off = oop + (bh * N + row) * D;
+          for (int64_t x = 0; x < D; ++x) dst_off[x] = acc[a * D + x] * inv;
+          pop[bh * N + row] = l[a] * inv;
+        }
       }
     }
   });
 }
 
 // Writes dk, dv (B, H, N, D) and dsigma (H,) = Σ dS·G·d² (dσ·σ³), float32 and contiguous; dsigma is
-// zeroed unless needed.
-void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
-              const at::Tensor& lse_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w, int64_t num_prefix,
+// zeroed unless needed.  lse, delta, delta_diag, p_diag: (B, H, N) row statistics (kkattn/_ops.py).
+void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& lse_in,
+              const at::Tensor& delta_in, const at::Tensor& delta_diag_in, const at::Tensor& p_diag_in,
+              const c10::optional<at::Tensor>& sigma, int64_t grid_w, int64_t num_prefix,
               double scale_d, bool need_dsigma, at::Tensor& dk, at::Tensor& dv, at::Tensor& dsigma) {
   check_inputs(k_in, v_in, sigma, grid_w, num_prefix);
-  TORCH_CHECK(dout_in.sizes() == k_in.sizes() && out_in.sizes() == k_in.sizes(),
-              "kkattn cpu kernel: dout and out must have k's shape");
+  TORCH_CHECK(dout_in.sizes() == k_in.sizes(), "kkattn cpu kernel: dout must have k's shape");
   const auto k = k_in.to(at::kFloat).contiguous();
   const auto v = v_in.to(at::kFloat).contiguous();
   const auto dout = dout_in.to(at::kFloat).contiguous();
-  const auto lse = lse_in.to(at::kFloat).contiguous();
-  // δ = rowsum(dO ∘ O) = rowsum(dP ∘ P): O(B·H·N).
-  const auto delta = (dout * out_in.to(at::kFloat)).sum(-1).contiguous();
+  const auto row_stat = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.sizes() == k_in.sizes().slice(0, 3), "kkattn cpu kernel: ", name, " must be (B, H, N)");
+    return t.to(at::kFloat).contiguous();
+  };
+  const auto lse = row_stat(lse_in, "lse"), delta = row_stat(delta_in, "delta");
+  const auto delta_diag = row_stat(delta_diag_in, "delta_diag"), p_diag = row_stat(p_diag_in, "p_diag");
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
   check_output(dk, k.sizes(), "dk");
   check_output(dv, k.sizes(), "dv");
@@ -437,6 +493,7 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   std::vector<double> dsigma_part(need_dsigma ? items : 0, 0.0);
   const float *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *dop = dout.data_ptr<float>();
   const float *lp = lse.data_ptr<float>(), *deltap = delta.data_ptr<float>();
+  const float *ddp = delta_diag.data_ptr<float>(), *pdp = p_diag.data_ptr<float>();
   float *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
@@ -444,13 +501,14 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;
+      const RowStats st{lp + bh * N, deltap + bh * N, ddp + bh * N, pdp + bh * N};
       double dsig = 0.0;
       if (pairs) {  // this item owns all of (b, h)'s dK and dV
         std::fill(dkp + off, dkp + off + N * D, 0.f);
         std::fill(dvp + off, dvp + off + N * D, 0.f);
         for (int64_t j0 = 0; j0 < N; j0 += kTile)
           for (int64_t i0 = 0; i0 <= j0; i0 += kTile)
-            dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, lp + bh * N, deltap + bh * N, i0,
+            dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, i0,
                                   std::min(kTile, N - i0), j0, std::min(kTile, N - j0), i0 != j0, need_dsigma,
                                   dkp + off, dvp + off, w);
       } else {  // this item owns key block J's rows of dK and dV
@@ -458,7 +516,7 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
         std::fill(dkp + off + j0 * D, dkp + off + (j0 + rj) * D, 0.f);
         std::fill(dvp + off + j0 * D, dvp + off + (j0 + rj) * D, 0.f);
         for (int64_t i0 = 0; i0 < N; i0 += kTile)
-          dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, lp + bh * N, deltap + bh * N, i0,
+          dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, i0,
                                 std::min(kTile, N - i0), j0, rj, false, need_dsigma, dkp + off, dvp + off, w);
       }
       if (need_dsigma) dsigma_part[item] = dsig;
@@ -495,9 +553,10 @@ TORCH_LIBRARY(kkattn_C, m) {
   m.def("build_info() -> str", &build_info);
   m.def(
       "forward(Tensor k, Tensor v, Tensor? sigma, int grid_w, int num_prefix_tokens, float scale, "
-      "Tensor(a!) out, Tensor(b!) lse) -> ()");
+      "Tensor(a!) out, Tensor(b!) lse, Tensor(c!)? out_off, Tensor(d!)? p_off) -> ()");
   m.def(
-      "backward(Tensor dout, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? sigma, int grid_w, "
+      "backward(Tensor dout, Tensor k, Tensor v, Tensor lse, Tensor delta, Tensor delta_diag, Tensor p_diag, "
+      "Tensor? sigma, int grid_w, "
       "int num_prefix_tokens, float scale, bool need_dsigma, Tensor(a!) dk, Tensor(b!) dv, Tensor(c!) dsigma) -> ()");
 }
 

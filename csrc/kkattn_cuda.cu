@@ -8,11 +8,15 @@
 // Forward (FlashAttention-2 tiling): one block of 4 warps per (64 query rows, batch·head); each warp
 // owns 16 rows and keeps their online-softmax state; O accumulates in shared memory in fp32 because
 // WMMA's fragment layout is opaque and the running rescale is per row.  The row log-sum-exp is saved.
+// Logits stay in natural units and the weights are exp2((s − m)·log2e), so a saturated row gives
+// exactly 1 at its maximum and lse == m.  The diagonal weight P_ii is kept apart from the rest of
+// the row; when asked, the off-diagonal output O' and weight p_off are written for the backward.
 //
 // Backward (symmetric single pass): one block per (64 keys J, batch·head) loops over all row blocks
 // i.  S = K_i K_Jᵀ is computed once and gives both P_iJ = exp(S − L_i) and P_Jiᵀ = exp(S − L_J);
 // with dP_iJ = dO_i V_Jᵀ and dP_Jiᵀ = V_i dO_Jᵀ that is five matmuls per tile pair:
 //   dV_J += P_iJᵀ dO_i,   dK_J += scale·(dS_iJ + dS_Jiᵀ)ᵀ K_i.
+// On the diagonal P_ii is the forward's and dS_ii = −P_ii·δ'_i (kkattn/_ops.py: no cancellation).
 // Every block owns its rows of dK and dV: no atomics, deterministic.  dσ·σ³ = Σ dS_iJ·G·d² is summed
 // per block and reduced on the host side in a fixed order.
 #include <ATen/ATen.h>
@@ -39,7 +43,6 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTable = 256;         // g(t) for t < kTable from shared memory; beyond, computed
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
 template <> __device__ __forceinline__ float to_f<half>(half x) { return __half2float(x); }
@@ -130,12 +133,13 @@ __device__ __forceinline__ void warp_gemm(const T* a, int lda, const T* b, int l
 
 template <typename T, int D>
 constexpr size_t forward_smem() {
-  return (kBM * D + 2 * kBN * D + kBM * kBN) * sizeof(T) + (kBM * kBN + kBM * D + 3 * kBM + kTable) * sizeof(float);
+  return (kBM * D + 2 * kBN * D + kBM * kBN) * sizeof(T) + (kBM * kBN + kBM * D + 4 * kBM + kTable) * sizeof(float);
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__ K, const T* __restrict__ V,
                                                            T* __restrict__ O, float* __restrict__ LSE,
+                                                           float* __restrict__ O_off, float* __restrict__ P_off,
                                                            const float* __restrict__ sigma, int64_t N, int H,
                                                            int64_t grid_w, int64_t prefix, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -148,7 +152,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   float* sM = sO + kBM * D;
   float* sL = sM + kBM;
   float* sAlpha = sL + kBM;
-  float* table = sAlpha + kBM;
+  float* sD = sAlpha + kBM;  // diagonal weight (sL holds the off-diagonal sum)
+  float* table = sD + kBM;
 
   const int64_t bh = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -160,6 +165,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   for (int r = threadIdx.x; r < kBM; r += blockDim.x) {
     sM[r] = -INFINITY;
     sL[r] = 0.f;
+    sD[r] = 0.f;
   }
   const int64_t i1 = i0 + kBM < N ? i0 + kBM : N;
   // Each lane handles half a row (32 keys) of its warp's 16 rows.
@@ -183,7 +189,6 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
       if (j < N) {
         s = s_row[c] * scale;
         if (with_prior) s += prior.value(i, j);
-        s *= kLog2e;  // exp2 domain
       }
       s_row[c] = s;
       tile_max = fmaxf(tile_max, s);
@@ -191,19 +196,25 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     float running = sM[row];
     const float new_max = fmaxf(running, tile_max);  // finite: key j0 < N is valid
-    const float alpha = exp2f(running - new_max);   // 0 on the first tile (running = −inf)
-    float sum = 0.f;
+    const float alpha = exp2f((running - new_max) * kLog2e);   // 0 on the first tile (running = −inf)
+    float sum = 0.f, diag = 0.f;
     T* p_row = sP + row * kBN;
     for (int c = col0; c < col0 + kBN / 2; ++c) {
-      const float p = exp2f(s_row[c] - new_max);
+      float p = exp2f((s_row[c] - new_max) * kLog2e);
+      if (j0 + c == i) {  // the diagonal: kept out of the off-diagonal sum and P·V
+        diag = p;
+        p = 0.f;
+      }
       p_row[c] = from_f<T>(p);
       sum += p;
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    diag += __shfl_xor_sync(0xffffffffu, diag, 1);
     __syncwarp();
     if (lane % 2 == 0) {
       sM[row] = new_max;
       sL[row] = sL[row] * alpha + sum;
+      sD[row] = sD[row] * alpha + diag;
       sAlpha[row] = alpha;
     }
     __syncwarp();
@@ -214,10 +225,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   __syncthreads();
   for (int e = threadIdx.x; e < kBM * D; e += blockDim.x) {
     const int r = e / D;
-    if (i0 + r < N) O[(bh * N + i0 + r) * D + e % D] = from_f<T>(sO[e] / sL[r]);
+    if (i0 + r >= N) continue;
+    const int64_t at = (bh * N + i0 + r) * D + e % D;
+    const float inv = 1.f / (sL[r] + sD[r]);
+    O[at] = from_f<T>((sO[e] + sD[r] * to_f(v[(i0 + r) * D + e % D])) * inv);
+    if (O_off) O_off[at] = sO[e] * inv;
   }
-  for (int r = threadIdx.x; r < kBM; r += blockDim.x)
-    if (i0 + r < N) LSE[bh * N + i0 + r] = (sM[r] + log2f(sL[r])) * kLn2;
+  for (int r = threadIdx.x; r < kBM; r += blockDim.x) {
+    if (i0 + r >= N) continue;
+    const float total = sL[r] + sD[r];
+    LSE[bh * N + i0 + r] = sM[r] + logf(total);
+    if (P_off) P_off[bh * N + i0 + r] = sL[r] / total;
+  }
 }
 
 template <typename T, int D>
@@ -228,7 +247,8 @@ constexpr size_t backward_smem() {
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) backward_kernel(
     const T* __restrict__ K, const T* __restrict__ V, const T* __restrict__ dO, const float* __restrict__ LSE,
-    const float* __restrict__ Delta, const float* __restrict__ sigma, T* __restrict__ dK, T* __restrict__ dV,
+    const float* __restrict__ Delta, const float* __restrict__ Delta_diag, const float* __restrict__ P_diag,
+    const float* __restrict__ sigma, T* __restrict__ dK, T* __restrict__ dV,
     float* __restrict__ dsigma_part, int64_t N, int H, int64_t grid_w, int64_t prefix, float scale, bool need_dsigma) {
   static_assert(kBM == kBN, "the symmetric pass pairs equal blocks");
   extern __shared__ __align__(128) unsigned char smem[];
@@ -256,6 +276,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   const Prior prior = make_prior(sigma, static_cast<int>(bh % H), grid_w, prefix, table);
   const float* lse = LSE + bh * N;
   const float* delta = Delta + bh * N;
+  const float* delta_diag = Delta_diag + bh * N;
+  const float* p_diag = P_diag + bh * N;
   load_tile<T, D>(sKJ, K + off, j0, kBN, N);
   load_tile<T, D>(sVJ, V + off, j0, kBN, N);
   load_tile<T, D>(sdOJ, dO + off, j0, kBN, N);
@@ -295,6 +317,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
         if (with_prior) s += prior.value(i, j);
         p = __expf(s - sLi[r]);   // P_iJ
         pt = __expf(s - sLJ[c]);  // P_Ji[c][r], since S_Ji = S_iJᵀ
+        if (i == j) p = pt = p_diag[i];  // the forward's P_ii
       }
       sP[e] = from_f<T>(p);
       sPt[e] = from_f<T>(pt);
@@ -309,8 +332,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       const int64_t i = i0 + r, j = j0 + c;
       float t = 0.f;
       if (i < N && j < N) {
-        const float ds = logit_grad(to_f(sP[e]), sA[e], sDi[r]);    // dS_iJ[r][c]
-        const float dst = logit_grad(to_f(sPt[e]), sB[e], sDJ[c]);  // dS_Ji[c][r]
+        float ds = logit_grad(to_f(sP[e]), sA[e], sDi[r]);    // dS_iJ[r][c]
+        float dst = logit_grad(to_f(sPt[e]), sB[e], sDJ[c]);  // dS_Ji[c][r]
+        if (i == j) ds = dst = -to_f(sP[e]) * delta_diag[i];  // dS_ii = −P_ii·δ'_i
         t = ds + dst;
         if (need_dsigma) {  // each (i, j) pair is counted once: in dS_iJ of key block J
           float d2;
@@ -414,38 +438,53 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
-// out: k's dtype, contiguous (B, H, N, D); lse: float32 (B, H, N).
+// out: k's dtype, contiguous (B, H, N, D); lse: float32 (B, H, N); when given, the off-diagonal
+// output out_off (B, H, N, D) and weight p_off (B, H, N), float32.
 void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w,
-             int64_t num_prefix, double scale, at::Tensor& out, at::Tensor& lse) {
+             int64_t num_prefix, double scale, at::Tensor& out, at::Tensor& lse,
+             const c10::optional<at::Tensor>& out_off, const c10::optional<at::Tensor>& p_off) {
   check_cuda_inputs(k_in, v_in, sigma, grid_w, num_prefix);
   const c10::cuda::CUDAGuard guard(k_in.device());
   const auto k = k_in.contiguous(), v = v_in.contiguous();
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
   check_out(out, k.sizes(), k.scalar_type(), k, "out");
   check_out(lse, {B, H, N}, at::kFloat, k, "lse");
+  TORCH_CHECK(out_off.has_value() == p_off.has_value(), "kkattn cuda kernels: out_off and p_off go together");
+  if (out_off.has_value()) {
+    check_out(*out_off, k.sizes(), at::kFloat, k, "out_off");
+    check_out(*p_off, {B, H, N}, at::kFloat, k, "p_off");
+  }
   if (N == 0 || B * H == 0) return;
   const float* sig = sigma.has_value() ? sigma->data_ptr<float>() : nullptr;
+  float* oop = out_off.has_value() ? out_off->data_ptr<float>() : nullptr;
+  float* pop = p_off.has_value() ? p_off->data_ptr<float>() : nullptr;
   const dim3 grid((N + kBM - 1) / kBM, B * H);
   dispatch(k.scalar_type(), D, [&](auto t, auto d) {
     using T = decltype(t);
     constexpr int kD = decltype(d)::value;
     launch(forward_kernel<T, kD>, grid, forward_smem<T, kD>(), ptr<const T>(k), ptr<const T>(v), ptr<T>(out),
-           lse.data_ptr<float>(), sig, N, static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale));
+           lse.data_ptr<float>(), oop, pop, sig, N, static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale));
   });
 }
 
 // dk, dv: k's dtype, contiguous; dsigma: float32 (H,) = Σ dS·G·d² (zeros unless need_dsigma).
-void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out,
-              const at::Tensor& lse_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w, int64_t num_prefix,
+// lse, delta, delta_diag, p_diag: (B, H, N) row statistics (kkattn/_ops.py).
+void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& lse_in,
+              const at::Tensor& delta_in, const at::Tensor& delta_diag_in, const at::Tensor& p_diag_in,
+              const c10::optional<at::Tensor>& sigma, int64_t grid_w, int64_t num_prefix,
               double scale, bool need_dsigma, at::Tensor& dk, at::Tensor& dv, at::Tensor& dsigma) {
   check_cuda_inputs(k_in, v_in, sigma, grid_w, num_prefix);
-  TORCH_CHECK(dout_in.sizes() == k_in.sizes() && out.sizes() == k_in.sizes(),
-              "kkattn cuda kernels: dout and out must have k's shape");
+  TORCH_CHECK(dout_in.sizes() == k_in.sizes(), "kkattn cuda kernels: dout must have k's shape");
   const c10::cuda::CUDAGuard guard(k_in.device());
   const auto k = k_in.contiguous(), v = v_in.contiguous();
   const auto dout = dout_in.to(k.scalar_type()).contiguous();
-  const auto lse = lse_in.to(at::kFloat).contiguous();
-  const auto delta = (dout_in.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();  // δ = rowsum(dO∘O)
+  const auto row_stat = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.sizes() == k_in.sizes().slice(0, 3) && t.device() == k_in.device(), "kkattn cuda kernels: ", name,
+                " must be (B, H, N) on k's device");
+    return t.to(at::kFloat).contiguous();
+  };
+  const auto lse = row_stat(lse_in, "lse"), delta = row_stat(delta_in, "delta");
+  const auto delta_diag = row_stat(delta_diag_in, "delta_diag"), p_diag = row_stat(p_diag_in, "p_diag");
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
   check_out(dk, k.sizes(), k.scalar_type(), k, "dk");
   check_out(dv, k.sizes(), k.scalar_type(), k, "dv");
@@ -461,7 +500,8 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
     using T = decltype(t);
     constexpr int kD = decltype(d)::value;
     launch(backward_kernel<T, kD>, grid, backward_smem<T, kD>(), ptr<const T>(k), ptr<const T>(v), ptr<const T>(dout),
-           lse.data_ptr<float>(), delta.data_ptr<float>(), sig, ptr<T>(dk), ptr<T>(dv), part.data_ptr<float>(), N,
+           lse.data_ptr<float>(), delta.data_ptr<float>(), delta_diag.data_ptr<float>(), p_diag.data_ptr<float>(), sig,
+           ptr<T>(dk), ptr<T>(dv), part.data_ptr<float>(), N,
            static_cast<int>(H), grid_w, num_prefix, static_cast<float>(scale), need_dsigma);
   });
   if (need_dsigma) dsigma.copy_(part.to(at::kDouble).sum({0, 2}));  // fixed-shape reduction: deterministic

@@ -30,3 +30,8 @@ def empty_output(shape, *, like: Tensor, dtype=None) -> Tensor:
 def empty_output_like(t: Tensor) -> Tensor:
     """A buffer with ``t``'s shape, dtype and (dense) layout — gradients keep their input's layout."""
     return _maybe_poison(torch.empty_like(t))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of every backend: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

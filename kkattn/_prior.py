@@ -26,6 +26,13 @@ LOG2E = 1.4426950408889634
 # G = exp2(-d²·log2e/(2σ²)) < 2**-24  <=>  d²·log2e/(2σ²) > 24, i.e. d > σ·sqrt(48·ln 2) ≈ 5.77σ.
 NEGLIGIBLE_PRIOR_LOG2 = 24.0
 
+# Any σ below SIGMA_MIN gives the same G, the identity on the grid, in fp32 and fp64 alike: the
+# nearest neighbour's exp(−1/(2σ²)) = exp(−1250) already underflows to 0 in float64 (below
+# 4.9e-324), and so does its σ-derivative.  Every path clamps σ here, so G stays exactly what the
+# float64 formula gives for any positive σ instead of 0·∞ = NaN on the diagonal (σ² underflows
+# below ~1e-23 in fp32 and ~1e-162 in fp64).  Huge σ needs nothing: 1/(2σ²) → 0 and G → 1.
+SIGMA_MIN = 0.02
+
 
 def negligible_prior_distance(sigma: float) -> float:
     """Grid distance beyond which ``G < 2**-24`` (no effect on an fp32 softmax weight)."""
@@ -69,10 +76,12 @@ def prior_from_distances(d2: Tensor, on_grid: Tensor, sigma: Tensor) -> Tensor:
 
     Args:
         d2, on_grid: ``(R, C)`` from :func:`squared_distances`.
-        sigma: ``(S,)`` positive σ values (S = 1 or one per head); differentiable.
+        sigma: ``(S,)`` positive σ values (S = 1 or one per head); differentiable.  Values below
+            :data:`SIGMA_MIN` act as SIGMA_MIN (the same G, zero gradient).
     Returns:
         ``(S, R, C)`` prior, 0 wherever ``on_grid`` is False.
     """
+    sigma = sigma.clamp_min(SIGMA_MIN)
     inv_two_var = 0.5 / (sigma * sigma)
     g = torch.exp(-d2[None] * inv_two_var[:, None, None])
     return g * on_grid[None].to(g.dtype)

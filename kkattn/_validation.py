@@ -41,7 +41,9 @@ def check_grid(grid, n_tokens: int, num_prefix_tokens: int) -> tuple[int, int]:
             f"got {num_prefix_tokens}")
     n_grid = n_tokens - int(num_prefix_tokens)
     if grid is None:
-        side = math.isqrt(n_grid)
+        # Not math.isqrt: under torch.compile(dynamic=True) N is a SymInt, which it cannot take.
+        side = torch.sym_int(torch.sym_sqrt(n_grid))
+        side = side - 1 if side * side > n_grid else side  # float rounding, for N beyond 2**52
         if side * side != n_grid:
             raise ValueError(
                 f"grid=None means a square grid, but N - num_prefix_tokens = {n_grid} is not a perfect "
@@ -126,8 +128,13 @@ def check_inputs(k: Tensor, v: Tensor, sigma: Sigma, grid, scale, num_prefix_tok
     return problem, sigma
 
 
-def sigma_per_head(sigma: Sigma, heads: int, device: torch.device) -> Optional[Tensor]:
-    """The ``(H,)`` σ tensor the kernels take (``None`` stays ``None``: no prior)."""
+def sigma_per_head(sigma: Sigma, heads: int, device: torch.device, dtype: torch.dtype) -> Optional[Tensor]:
+    """The ``(H,)`` σ tensor the kernels take (``None`` stays ``None``: no prior).
+
+    A float σ becomes a ``dtype`` tensor (float64 for float64 inputs, so their prior is computed
+    in float64); a σ beyond the dtype's range is clamped to its largest value, where G is already
+    exactly 1 (``1/(2σ²)`` underflows to 0).
+    """
     if sigma is None or isinstance(sigma, Tensor):
         return sigma
-    return torch.full((heads,), sigma, dtype=torch.float32, device=device)
+    return torch.full((heads,), min(sigma, torch.finfo(dtype).max), dtype=dtype, device=device)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from . import reference
+from ._alloc import acc_dtype
 from ._ops import forward_op
 from ._validation import Sigma, check_inputs, sigma_per_head
 from .backends import resolve
@@ -39,8 +41,11 @@ def neighborhood_kk_attention(k: Tensor, v: Tensor, sigma: Sigma, *, grid: Optio
     problem, sigma = check_inputs(k, v, sigma, grid, scale, num_prefix_tokens)
     name = resolve(backend, k)
     if name == "reference":
-        return reference.neighborhood_kk_attention(k, v, sigma, grid=problem.grid, scale=problem.scale,
-                                                   num_prefix_tokens=problem.num_prefix_tokens)
-    sigma_t = sigma_per_head(sigma, problem.heads, k.device)
-    out, _ = forward_op(k, v, sigma_t, problem.grid[1], problem.num_prefix_tokens, problem.scale, name)
+        return reference.attention(k, v, sigma, problem)
+    sigma_t = sigma_per_head(sigma, problem.heads, k.device, acc_dtype(k.dtype))
+    # The backward's statistics (an fp32 (B, H, N, D) buffer) only when a gradient can be asked for.
+    with_stats = torch.is_grad_enabled() and (
+        k.requires_grad or v.requires_grad or (sigma_t is not None and sigma_t.requires_grad))
+    out, _, _, _ = forward_op(k, v, sigma_t, problem.grid[1], problem.num_prefix_tokens, problem.scale, name,
+                              with_stats)
     return out

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from ._prior import prior_tile
-from ._validation import Sigma, check_grid, check_inputs, check_sigma
+from ._validation import Problem, Sigma, check_grid, check_inputs, check_sigma
 
 
 def _sigma_tensor(sigma: Sigma, dtype: torch.dtype, device: torch.device) -> Tensor:
     if isinstance(sigma, Tensor):
         return sigma.to(dtype)
-    return torch.tensor([sigma], dtype=dtype, device=device)
+    return torch.tensor([min(sigma, torch.finfo(dtype).max)], dtype=dtype, device=device)
 
 
 def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int = 0, *,
@@ -63,6 +63,12 @@ def neighborhood_kk_attention(k: Tensor, v: Tensor, sigma: Sigma, *, grid=None, 
         Computes in float64 for float64 inputs and in float32 otherwise.
     """
     problem, sigma = check_inputs(k, v, sigma, grid, scale, num_prefix_tokens)
+    return attention(k, v, sigma, problem, return_lse)
+
+
+def attention(k: Tensor, v: Tensor, sigma: Sigma, problem: Problem, return_lse: bool = False):
+    """:func:`neighborhood_kk_attention` for an already validated ``problem`` (no checks: traceable
+    by ``torch.compile`` with symbolic sizes)."""
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     kc, vc = k.to(compute), v.to(compute)
     logits = problem.scale * (kc @ kc.transpose(-1, -2))

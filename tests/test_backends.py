@@ -6,7 +6,7 @@ import kkattn
 from kkattn.testing import poisoned_outputs
 
 from conftest import TRITON_DEVICE
-from helpers import Case, backend_fn, check_backend, make_inputs, rel_err, run_with_grads
+from helpers import Case, backend_fn, check_backend, make_inputs, off_diagonal_stats, rel_err, run_with_grads
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # The compiled CPU kernel is part of every install that built kkattn._C (CI does); a pure-Python
@@ -68,10 +68,12 @@ def test_chunked_block_sizes(rows):
     case = Case(1, 2, (9, 9), 16, num_prefix_tokens=1, sigma="tensor")
     k, v, dout, sigma = make_inputs(case, torch.float64)
     sig = sigma.float()
-    out, lse = chunked.forward(k, v, sig.double(), 9, 1, 0.25, rows=rows)
+    out, lse, out_off, p_off = chunked.forward(k, v, sig.double(), 9, 1, 0.25, True, rows=rows)
     ref_out, ref_lse = kkattn.reference.neighborhood_kk_attention(k, v, sig.double(), grid=(9, 9), scale=0.25,
                                                                 num_prefix_tokens=1, return_lse=True)
+    want_off, want_p_off = off_diagonal_stats(k, v, sig.double(), (9, 9), 1, 0.25)
     assert rel_err(out, ref_out) < 1e-12 and rel_err(lse, ref_lse) < 1e-12
+    assert rel_err(out_off, want_off) < 1e-12 and rel_err(p_off, want_p_off) < 1e-12
 
 
 @pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
@@ -80,10 +82,23 @@ def test_lse_is_the_row_logsumexp(backend, device):
     case = Case(2, 2, (9, 11), 32, num_prefix_tokens=1, sigma="tensor")
     k, v, _, sigma = make_inputs(case, torch.float32, device)
     with poisoned_outputs():
-        _, lse = forward_op(k, v, sigma.float().to(device), 11, 1, 32 ** -0.5, backend)
+        _, lse, out_off, p_off = forward_op(k, v, sigma.float().to(device), 11, 1, 32 ** -0.5, backend, True)
     _, want = kkattn.reference.neighborhood_kk_attention(k.double().cpu(), v.double().cpu(), sigma, grid=(9, 11),
                                                         num_prefix_tokens=1, return_lse=True)
     assert rel_err(lse.double().cpu(), want) < 1e-6
+    # The backward's statistics: the output and the weight without the diagonal term (kkattn/_ops.py).
+    want_off, want_p_off = off_diagonal_stats(k.double().cpu(), v.double().cpu(), sigma, (9, 11), 1, 32 ** -0.5)
+    assert out_off.dtype == p_off.dtype == torch.float32
+    assert rel_err(out_off.double().cpu(), want_off) < 1e-5 and rel_err(p_off.double().cpu(), want_p_off) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
+def test_inference_skips_the_statistics(backend, device):
+    from kkattn._ops import forward_op
+    k, v, _, _ = make_inputs(Case(1, 2, (5, 5), 16), torch.float32, device)
+    out, _, out_off, p_off = forward_op(k, v, None, 5, 0, 0.25, backend, False)
+    assert out_off.numel() == 0 and p_off.numel() == 0
+    torch.testing.assert_close(out, forward_op(k, v, None, 5, 0, 0.25, backend, True)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)

@@ -13,9 +13,9 @@ def test_chunked_never_allocates_n_by_n(rows):
     k, v, dout = (torch.randn(b, h, n, d) for _ in range(3))
     sigma = torch.tensor([2.0, 3.0])
     with AllocationTracker() as fwd:
-        out, lse = chunked.forward(k, v, sigma, 64, 0, d ** -0.5, rows=rows)
+        out, lse, _, _ = chunked.forward(k, v, sigma, 64, 0, d ** -0.5, True, rows=rows)
     with AllocationTracker() as bwd:
-        chunked.backward(dout, k, v, out, lse, sigma, 64, 0, d ** -0.5, need_dsigma=True, rows=rows)
+        chunked.backward(dout, k, v, lse, lse, lse, lse, sigma, 64, 0, d ** -0.5, need_dsigma=True, rows=rows)
     rows = rows or chunked.block_rows(b, h, n)
     per_row_block = b * h * rows * n
     for tracker in (fwd, bwd):
@@ -39,15 +39,15 @@ def test_triton_allocates_only_outputs_and_row_statistics():
     k, v, dout = (torch.randn(b, h, n, d, device="cuda" if torch.cuda.is_available() else "cpu") for _ in range(3))
     sigma = torch.tensor([2.0, 3.0], device=k.device)
     with AllocationTracker() as fwd:
-        out, lse = triton_launch.forward(k, v, sigma, 16, 0, 0.25)
+        out, lse, _, _ = triton_launch.forward(k, v, sigma, 16, 0, 0.25, True)
     with AllocationTracker() as bwd:
-        triton_launch.backward(dout, k, v, out, lse, sigma, 16, 0, 0.25, need_dsigma=True)
+        triton_launch.backward(dout, k, v, lse, lse, lse, lse, sigma, 16, 0, 0.25, need_dsigma=True)
     for tracker in (fwd, bwd):
         assert tracker.max_numel <= b * h * n * d
 
 
 @pytest.mark.parametrize("sigma", [2.0, "tensor", None])
-def test_saves_only_inputs_output_and_lse(sigma):
+def test_saves_only_inputs_and_row_statistics(sigma):
     b, h, n, d = 2, 3, 49, 16
     k = torch.randn(b, h, n, d, requires_grad=True)
     v = torch.randn(b, h, n, d, requires_grad=True)
@@ -57,7 +57,8 @@ def test_saves_only_inputs_output_and_lse(sigma):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         kkattn.neighborhood_kk_attention(k, v, sigma, backend="chunked")
     total = sum(t.numel() for t in saved)
-    assert total <= 3 * b * h * n * d + b * h * n + h  # k, v, out + lse (+ σ)
+    # k, v, the off-diagonal output (B, H, N, D) + lse and the off-diagonal weight (B, H, N) (+ σ)
+    assert total <= 3 * b * h * n * d + 2 * b * h * n + h
 
 
 def test_no_grad_saves_nothing():

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,6 +25,8 @@ from torch import Tensor
 from . import chunked
 
 BACKEND_NAMES = ("auto", "reference", "chunked", "triton", "cpu", "cuda")
+# What backend="auto" tries, in order, per device type.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("cpu", "chunked")}
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,41 @@ class BackendStatus:
         return f"{self.name}: {self.detail}"
 
 
-class _Chunked:
+class _Backend:
+    """One backend: its limits (dtypes, head dims, devices) as data, checked in one place.
+
+    ``accepts`` and ``check`` are plain comparisons, so ``torch.compile`` traces them (a symbolic
+    head dim only adds a guard); everything that imports or probes the install goes through
+    :func:`_unavailable_reason`, which ``torch.compile`` evaluates once as a constant.
+    """
+
+    name = ""
+    dtypes: tuple = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    head_dims: Optional[tuple] = None  # None: any
+    devices: tuple = ("cpu", "cuda")
+
+    def status(self) -> BackendStatus:
+        raise NotImplementedError
+
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+        return (device_type in self.devices and dtype in self.dtypes
+                and (self.head_dims is None or head_dim in self.head_dims))
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
+        """Raise a ValueError/TypeError naming what these inputs break."""
+        if device_type not in self.devices:
+            raise ValueError(f"backend '{self.name}' takes {' or '.join(d.upper() for d in self.devices)} tensors, "
+                             f"got a {device_type} tensor")
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            raise TypeError(f"backend '{self.name}' takes {names} k/v, got {dtype}{self.dtype_hint}")
+        if self.head_dims is not None and head_dim not in self.head_dims:
+            raise ValueError(f"backend '{self.name}' takes head dims {self.head_dims}, got D = {head_dim}")
+
+    dtype_hint = ""
+
+
+class _Chunked(_Backend):
     name = "chunked"
     forward = staticmethod(chunked.forward)
     backward = staticmethod(chunked.backward)
@@ -46,11 +83,14 @@ class _Chunked:
     def status(self) -> BackendStatus:
         return BackendStatus(self.name, True, "available (plain PyTorch, any device, O(block·N) memory)")
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+        return True
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
         pass
 
 
-class _Deferred:
+class _Deferred(_Backend):
     """A backend whose kernels live in a submodule imported on first use (triton, the extension)."""
 
     module = ""
@@ -83,20 +123,20 @@ class _Triton(_Deferred):
                                  "imported — set it before importing kkattn")
         return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
-        if dtype not in self.dtypes:
-            raise TypeError(f"backend 'triton' takes float16, bfloat16 or float32 k/v, got {dtype}")
-        if head_dim not in self.head_dims:
-            raise ValueError(f"backend 'triton' takes head dims {self.head_dims}, got D = {head_dim}")
-        if device_type == "cpu" and not _interpreting():
-            raise ValueError("backend 'triton' got CPU tensors without TRITON_INTERPRET=1 "
-                             "(set it before importing kkattn)")
-        if device_type == "cuda" and _interpreting():
-            raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
-                             "CPU tensors; unset it to run on the GPU")
-        if device_type not in ("cpu", "cuda"):
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+        return super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _interpreting_const()
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
+        if device_type not in self.devices:
             raise ValueError(f"backend 'triton' takes CUDA tensors (or CPU under TRITON_INTERPRET=1), "
                              f"got a {device_type} tensor")
+        super().check(device_type, dtype, head_dim)
+        if device_type == "cpu" and not _interpreting_const():
+            raise ValueError("backend 'triton' got CPU tensors without TRITON_INTERPRET=1 "
+                             "(set it before importing kkattn)")
+        if device_type == "cuda" and _interpreting_const():
+            raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
+                             "CPU tensors; unset it to run on the GPU")
 
 
 class _CompiledCPU(_Deferred):
@@ -105,6 +145,7 @@ class _CompiledCPU(_Deferred):
     name = "cpu"
     module = "cpu"
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    devices = ("cpu",)
 
     def status(self) -> BackendStatus:
         error = self._impl().load()
@@ -112,18 +153,16 @@ class _CompiledCPU(_Deferred):
             return BackendStatus(self.name, False, error)
         return BackendStatus(self.name, True, f"available (compiled C++, {torch.get_num_threads()} threads)")
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
-        if device_type != "cpu":
-            raise ValueError(f"backend 'cpu' takes CPU tensors, got a {device_type} tensor")
-        if dtype not in self.dtypes:
-            raise TypeError(f"backend 'cpu' takes float16, bfloat16 or float32 k/v, got {dtype}")
-
 
 class _CompiledCUDA(_Deferred):
     """The tensor-core kernels of ``kkattn._C`` (csrc/kkattn_cuda.cu) for fp16/bf16 CUDA tensors."""
 
     name = "cuda"
     module = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+    head_dims = (32, 64, 128)  # the kernels are instantiated for these (csrc/kkattn_cuda.cu: dispatch)
+    devices = ("cuda",)
+    dtype_hint = " (float32: use backend='triton', which runs it in IEEE fp32 or TF32)"
 
     def status(self) -> BackendStatus:
         impl = self._impl()
@@ -136,16 +175,6 @@ class _CompiledCUDA(_Deferred):
         if not torch.cuda.is_available():
             return BackendStatus(self.name, False, "compiled, no GPU")
         return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name()})")
-
-    def check(self, device_type: str, dtype: torch.dtype, head_dim: int) -> None:
-        impl = self._impl()
-        if device_type != "cuda":
-            raise ValueError(f"backend 'cuda' takes CUDA tensors, got a {device_type} tensor")
-        if dtype not in impl.DTYPES:
-            raise TypeError(f"backend 'cuda' takes float16 or bfloat16 k/v, got {dtype} "
-                            "(float32: use backend='triton', which runs it in IEEE fp32 or TF32)")
-        if head_dim not in impl.HEAD_DIMS:
-            raise ValueError(f"backend 'cuda' takes head dims {impl.HEAD_DIMS}, got D = {head_dim}")
 
 
 _REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _CompiledCUDA())}
@@ -162,6 +191,19 @@ def _interpreting() -> bool:
     if lang is not None and hasattr(lang, "zeros"):
         return type(lang.zeros).__name__ == "InterpretedFunction"
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@torch.compiler.assume_constant_result
+def _interpreting_const() -> bool:
+    # torch.compile evaluates this once while tracing instead of tracing sys.modules.
+    return _interpreting()
+
+
+@torch.compiler.assume_constant_result
+def _unavailable_reason(name: str) -> str:
+    """Why backend ``name`` cannot run on this install ("" when it can); a constant under torch.compile."""
+    status = _REGISTRY[name].status()
+    return "" if status.available else status.detail
 
 
 def _interpreter_set_too_late() -> bool:
@@ -182,33 +224,27 @@ def available_backends() -> dict[str, BackendStatus]:
     return out
 
 
-@torch.compiler.assume_constant_result
-def _auto_choice(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
-    # assume_constant_result: torch.compile runs this once while tracing instead of tracing into it.
-    candidates = ("cuda", "triton", "chunked") if device_type == "cuda" else ("cpu", "chunked")
-    for name in candidates:
-        backend = _REGISTRY[name]
-        if not backend.status().available:
-            continue
-        try:
-            backend.check(device_type, dtype, head_dim)
-        except (TypeError, ValueError):
-            continue
-        return name
+def _auto_choice(device_type: str, dtype: torch.dtype, head_dim) -> str:
+    """The first backend of the device's auto order that is available and takes these inputs."""
+    for name in AUTO_ORDER.get(device_type, ("chunked",)):
+        if not _unavailable_reason(name) and _REGISTRY[name].accepts(device_type, dtype, head_dim):
+            return name
     return "chunked"
 
 
 def resolve(name: str, k: Tensor) -> str:
-    """The backend that will run ``k``; raises ValueError/TypeError when ``name`` cannot."""
+    """The backend that will run ``k``; raises ValueError/TypeError when ``name`` cannot.
+
+    Traceable by ``torch.compile`` (also with ``dynamic=True``): no imports or probes on its path.
+    """
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
         return _auto_choice(k.device.type, k.dtype, k.shape[-1])
     if name == "reference":
         return name
-    backend = _REGISTRY[name]
-    status = backend.status()
-    if not status.available:
-        raise ValueError(f"backend '{name}' is not available: {status.detail}")
-    backend.check(k.device.type, k.dtype, k.shape[-1])
+    reason = _unavailable_reason(name)
+    if reason:
+        raise ValueError(f"backend '{name}' is not available: {reason}")
+    _REGISTRY[name].check(k.device.type, k.dtype, k.shape[-1])
     return name

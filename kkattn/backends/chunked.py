@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._alloc import empty_output, empty_output_like
+from .._alloc import acc_dtype, empty_output, empty_output_like
 from .._prior import prior_from_distances, squared_distances
 
 # Rows per block: large enough for efficient GEMMs, small enough that each (B, H, rows, N)
@@ -27,10 +27,6 @@ def block_rows(batch: int, heads: int, n_tokens: int) -> int:
     return int(max(16, min(_MAX_BLOCK_ROWS, rows)))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _Logits:
     """Builds ``scale·K_r Kᵀ + G_r`` for one block of rows ``r``; shares the prior's distances."""
 
@@ -38,7 +34,7 @@ class _Logits:
         self.k, self.scale = k, scale
         self.kt = k.transpose(-1, -2)
         self.grid_w, self.num_prefix_tokens = grid_w, num_prefix_tokens
-        self.sigma = None if sigma is None else sigma.detach().to(k.dtype)
+        self.sigma = sigma  # (H,), already in k's (accumulation) dtype
         self.cols = torch.arange(k.shape[2], device=k.device)
 
     def block(self, start: int, stop: int, need_distances: bool = False):
@@ -53,34 +49,52 @@ class _Logits:
         return (s, g, d2) if need_distances else (s, None, None)
 
 
+def _diagonal(block: Tensor, start: int) -> Tensor:
+    """View of the entries (i, i) of a ``(B, H, rows, N)`` block whose rows start at token ``start``."""
+    return torch.diagonal(block[..., start:start + block.shape[-2]], dim1=-2, dim2=-1)
+
+
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
-            scale: float, rows: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """Returns ``out (B, H, N, D)`` in k's dtype and ``lse (B, H, N)`` (float32, or float64)."""
+            scale: float, with_stats: bool, rows: Optional[int] = None):
+    """Returns ``out (B, H, N, D)`` in k's dtype, ``lse (B, H, N)`` and, with ``with_stats``, the
+    off-diagonal ``out_off (B, H, N, D)`` and ``p_off (B, H, N)`` (accumulation dtype; else None)."""
     batch, heads, n_tokens, _ = k.shape
-    compute = _compute_dtype(k.dtype)
+    compute = acc_dtype(k.dtype)
     rows = rows or block_rows(batch, heads, n_tokens)
     out = empty_output(k.shape, like=k)
     lse = empty_output(k.shape[:-1], like=k, dtype=compute)
+    out_off = empty_output(k.shape, like=k, dtype=compute) if with_stats else None
+    p_off = empty_output(k.shape[:-1], like=k, dtype=compute) if with_stats else None
     kc, vc = k.to(compute), v.to(compute)
     logits = _Logits(kc, sigma, grid_w, num_prefix_tokens, scale)
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
         s, _, _ = logits.block(start, stop)
         block_lse = torch.logsumexp(s, dim=-1)
-        out[:, :, start:stop] = s.sub_(block_lse[..., None]).exp_() @ vc  # in place: one block temporary
+        p = s.sub_(block_lse[..., None]).exp_()  # in place: one block temporary
+        diag = _diagonal(p, start).clone()
+        _diagonal(p, start).zero_()  # the off-diagonal part, accumulated on its own (see kkattn._ops)
+        block_off = p @ vc
+        out[:, :, start:stop] = block_off + diag[..., None] * vc[:, :, start:stop]
         lse[:, :, start:stop] = block_lse
-    return out, lse
+        if with_stats:
+            out_off[:, :, start:stop] = block_off
+            p_off[:, :, start:stop] = p.sum(-1)
+    return out, lse, out_off, p_off
 
 
-def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
-             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool,
+def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
+             sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool,
              rows: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, lse dtype; zeros unless asked)."""
+    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, lse dtype; zeros unless asked).
+
+    ``dS_ij = P_ij (dP_ij − δ_i)`` off the diagonal, ``dS_ii = −P_ii δ'_i`` on it, with the saved
+    ``P_ii`` (see kkattn._ops for why).
+    """
     batch, heads, n_tokens, _ = k.shape
-    compute = _compute_dtype(k.dtype)
+    compute = acc_dtype(k.dtype)
     rows = rows or block_rows(batch, heads, n_tokens)
     kc, vc, doc = k.to(compute), v.to(compute), dout.to(compute)
-    delta = (doc * out.to(compute)).sum(-1)  # rowsum(dP ∘ P) = rowsum(dO ∘ O)
     dk_acc = torch.zeros_like(kc)
     dv_acc = torch.zeros_like(vc)
     dsigma = torch.zeros(heads, dtype=compute, device=k.device)
@@ -88,10 +102,12 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
         s, g, d2 = logits.block(start, stop, need_distances=need_dsigma)
-        p = s.sub_(lse[:, :, start:stop, None].to(compute)).exp_()
+        p = s.sub_(lse[:, :, start:stop, None]).exp_()
+        _diagonal(p, start).copy_(p_diag[:, :, start:stop])
         do_r = doc[:, :, start:stop]
         dv_acc += p.transpose(-1, -2) @ do_r
         ds = (do_r @ vc.transpose(-1, -2)).sub_(delta[:, :, start:stop, None]).mul_(p)
+        _diagonal(ds, start).copy_(-p_diag[:, :, start:stop] * delta_diag[:, :, start:stop])
         # dK = scale·(dS + dSᵀ)K: this block's rows of dS, and its columns of dSᵀ.
         dk_acc[:, :, start:stop] += (ds @ kc) * scale
         dk_acc += (ds.transpose(-1, -2) @ kc[:, :, start:stop]) * scale

@@ -34,13 +34,15 @@ def load() -> Optional[str]:
 
 
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
-            scale: float) -> tuple[Tensor, Tensor]:
-    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype) and ``lse (B, H, N)`` float32."""
+            scale: float, with_stats: bool):
+    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype), ``lse (B, H, N)`` float32 and, with
+    ``with_stats``, ``out_off (B, H, N, D)`` and ``p_off (B, H, N)`` float32 (else None)."""
     out32 = empty_output(k.shape, like=k, dtype=torch.float32)
     lse = empty_output(k.shape[:-1], like=k, dtype=torch.float32)
-    sig = None if sigma is None else sigma.detach()
-    torch.ops.kkattn_C.forward(k, v, sig, grid_w, num_prefix_tokens, scale, out32, lse)
-    return (out32 if k.dtype == torch.float32 else out32.to(k.dtype)), lse
+    out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
+    p_off = empty_output(k.shape[:-1], like=k, dtype=torch.float32) if with_stats else None
+    torch.ops.kkattn_C.forward(k, v, sigma, grid_w, num_prefix_tokens, scale, out32, lse, out_off, p_off)
+    return (out32 if k.dtype == torch.float32 else out32.to(k.dtype)), lse, out_off, p_off
 
 
 def _like(t32: Tensor, like: Tensor) -> Tensor:
@@ -50,13 +52,13 @@ def _like(t32: Tensor, like: Tensor) -> Tensor:
     return empty_output_like(like).copy_(t32)
 
 
-def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
-             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
+             sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
+             need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
     dk32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dv32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)
-    sig = None if sigma is None else sigma.detach()
-    torch.ops.kkattn_C.backward(dout, k, v, out, lse, sig, grid_w, num_prefix_tokens, scale, need_dsigma,
-                                dk32, dv32, dsigma)
+    torch.ops.kkattn_C.backward(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, num_prefix_tokens, scale,
+                                need_dsigma, dk32, dv32, dsigma)
     return _like(dk32, k), _like(dv32, v), dsigma

@@ -22,25 +22,24 @@ def compiled() -> bool:
     return load() is None and "cuda" in torch.ops.kkattn_C.build_info()
 
 
-def _sigma(sigma: Optional[Tensor]) -> Optional[Tensor]:
-    return None if sigma is None else sigma.detach().float().contiguous()
-
-
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
-            scale: float) -> tuple[Tensor, Tensor]:
+            scale: float, with_stats: bool):
     out = empty_output(k.shape, like=k, dtype=k.dtype)
     lse = empty_output(k.shape[:-1], like=k, dtype=torch.float32)
-    torch.ops.kkattn_C.forward(k, v, _sigma(sigma), grid_w, num_prefix_tokens, scale, out, lse)
-    return out, lse
+    out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
+    p_off = empty_output(k.shape[:-1], like=k, dtype=torch.float32) if with_stats else None
+    torch.ops.kkattn_C.forward(k, v, sigma, grid_w, num_prefix_tokens, scale, out, lse, out_off, p_off)
+    return out, lse, out_off, p_off
 
 
-def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
-             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
+             sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
+             need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
     dk = empty_output(k.shape, like=k, dtype=k.dtype)
     dv = empty_output(k.shape, like=k, dtype=k.dtype)
     dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)
-    torch.ops.kkattn_C.backward(dout, k, v, out, lse, _sigma(sigma), grid_w, num_prefix_tokens, scale, need_dsigma,
-                                dk, dv, dsigma)
+    torch.ops.kkattn_C.backward(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, num_prefix_tokens, scale,
+                                need_dsigma, dk, dv, dsigma)
     # The op's fake implementation promises k's/v's layout.
     dk = dk if k.is_contiguous() else empty_output_like(k).copy_(dk)
     dv = dv if v.is_contiguous() else empty_output_like(v).copy_(dv)

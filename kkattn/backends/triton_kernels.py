@@ -5,10 +5,18 @@ Only ``@triton.jit`` code lives here; launching, block sizes and dtype handling 
 triton 3.9 removed) so the same source runs on triton 3.6–3.9, on GPUs, and on CPU tensors under
 ``TRITON_INTERPRET=1``.
 
-Logits are kept in log2 units (``log2e`` folded into the scale and the prior) so the softmax uses
-``exp2``.  The prior is generated from token indices inside the kernels, mirroring
-``kkattn/_prior.py``: index → (row, col) → squared distance → ``exp2(d² · neg_coef)`` with
-``neg_coef = −log2e / (2σ²)`` (per head, read from a small ``(H,)`` table).
+Logits are kept in natural units and the softmax weights are ``exp2((s − m)·log2e)``: the
+subtraction comes first, so a row whose softmax saturates (one weight 1, the rest 0) gives exactly
+1 where ``s == m`` and the saved ``lse = m + log(l)`` equals ``m`` bit for bit; the backward,
+recomputing the same ``s``, gets the same P (log2-unit logits round ``m·log2e·ln2`` away from
+``m``, which at |s| ~ 1e7 is a factor 2 in P).  The prior is generated from token indices inside
+the kernels, mirroring ``kkattn/_prior.py``: index → (row, col) → squared distance →
+``exp2(d² · neg_coef)`` with ``neg_coef = −log2e / (2σ²)`` (per head, read from a small ``(H,)``
+table).
+
+The forward accumulates the diagonal weight ``P_ii`` apart from the rest of the row and, with
+WITH_STATS, writes the off-diagonal output and weight; the backward takes ``dS_ii = −P_ii·δ'_i``
+on the diagonal (kkattn/_ops.py says why).
 """
 import triton
 import triton.language as tl
@@ -57,20 +65,20 @@ def _tile_has_prior(start_i, start_j, BLOCK_I: tl.constexpr, BLOCK_J: tl.constex
 
 @triton.jit
 def nkk_fwd_kernel(
-    K, V, O, LSE, NEG_COEF,  # noqa: E741 (the Triton tutorial's names)
+    K, V, O, LSE, O_OFF, P_OFF, NEG_COEF,  # noqa: E741 (the Triton tutorial's names)
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    heads, n_tokens, grid_w, num_prefix, qk_scale,
+    heads, n_tokens, grid_w, num_prefix, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_PRIOR: tl.constexpr, DOT_UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_PRIOR: tl.constexpr, WITH_STATS: tl.constexpr, DOT_UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """One program per (query block, batch·head): online softmax over all key blocks.
 
-    Writes O ``(B, H, N, D)`` and the natural-log log-sum-exp ``(B, H, N)`` (contiguous).
+    Writes O ``(B, H, N, D)`` and the natural-log log-sum-exp ``(B, H, N)``; with WITH_STATS also
+    ``O_OFF = Σ_{k≠i} P_ik V_k`` (fp32, contiguous ``(B, H, N, D)``) and ``P_OFF = Σ_{k≠i} P_ik``.
     """
     LOG2E: tl.constexpr = 1.4426950408889634
-    LN2: tl.constexpr = 0.6931471805599453
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
@@ -90,8 +98,9 @@ def nkk_fwd_kernel(
         neg_coef = tl.load(NEG_COEF + h)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)    # off-diagonal weight
+    d_i = tl.zeros([BLOCK_M], tl.float32)    # diagonal weight
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)  # off-diagonal P·V
     for start_n in range(0, n_tokens, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_tokens
@@ -100,35 +109,44 @@ def nkk_fwd_kernel(
         if DOT_UPCAST:
             kt = kt.to(tl.float32)
             vv = vv.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * qk_scale
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
         if HAS_PRIOR:
             if _tile_has_prior(start_m, start_n, BLOCK_M, BLOCK_N, n_tokens, grid_w, num_prefix, neg_coef):
                 g, _ = _prior_tile(offs_m, offs_n, grid_w, num_prefix, neg_coef)
-                s += g * LOG2E
+                s += g
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2((m_i - m_new) * LOG2E)
+        p = tl.exp2((s - m_new[:, None]) * LOG2E)
+        diag = offs_m[:, None] == offs_n[None, :]
+        d_i = d_i * alpha + tl.sum(tl.where(diag, p, 0.0), 1)
+        p = tl.where(diag, 0.0, p)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=INPUT_PRECISION)
         m_i = m_new
 
-    out = acc / l_i[:, None]
+    l_all = l_i + d_i
+    v_m = tl.load(v_base + offs_m[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_m[:, None], other=0.0)
+    out = (acc + d_i[:, None] * v_m.to(tl.float32)) / l_all[:, None]
     o_base = O + b * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=mask_m[:, None])
-    tl.store(LSE + pid_bh.to(tl.int64) * n_tokens + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    stats = pid_bh.to(tl.int64) * n_tokens + offs_m
+    tl.store(LSE + stats, m_i + tl.log(l_all), mask=mask_m)
+    if WITH_STATS:
+        tl.store(O_OFF + stats[:, None] * HEAD_DIM + offs_d[None, :], acc / l_all[:, None], mask=mask_m[:, None])
+        tl.store(P_OFF + stats, l_i / l_all, mask=mask_m)
 
 
 @triton.jit
 def nkk_bwd_kernel(
-    K, V, DO, LSE, DELTA, DK, DV, DSIGMA_PART, NEG_COEF,
+    K, V, DO, LSE, DELTA, DELTA_DIAG, P_DIAG, DK, DV, DSIGMA_PART, NEG_COEF,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    heads, n_tokens, grid_w, num_prefix, qk_scale, sm_scale,
+    heads, n_tokens, grid_w, num_prefix, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
     HAS_PRIOR: tl.constexpr, NEED_DSIGMA: tl.constexpr, DOT_UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -164,8 +182,10 @@ def nkk_bwd_kernel(
         kt_j = kt_j.to(tl.float32)
         vt_j = vt_j.to(tl.float32)
         dot_j = dot_j.to(tl.float32)
-    lse2_j = tl.load(LSE + stats_base + offs_j, mask=mask_j, other=0.0) * LOG2E
+    lse_j = tl.load(LSE + stats_base + offs_j, mask=mask_j, other=0.0)
     delta_j = tl.load(DELTA + stats_base + offs_j, mask=mask_j, other=0.0)
+    ddiag_j = tl.load(DELTA_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
+    pdiag_j = tl.load(P_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
     neg_coef = 0.0
     if HAS_PRIOR:
         neg_coef = tl.load(NEG_COEF + h)
@@ -183,28 +203,31 @@ def nkk_bwd_kernel(
             k_i = k_i.to(tl.float32)
             v_i = v_i.to(tl.float32)
             do_i = do_i.to(tl.float32)
-        lse2_i = tl.load(LSE + stats_base + offs_i, mask=mask_i, other=0.0) * LOG2E
+        lse_i = tl.load(LSE + stats_base + offs_i, mask=mask_i, other=0.0)
         delta_i = tl.load(DELTA + stats_base + offs_i, mask=mask_i, other=0.0)
 
-        s = tl.dot(k_i, kt_j, input_precision=INPUT_PRECISION) * qk_scale
+        s = tl.dot(k_i, kt_j, input_precision=INPUT_PRECISION) * sm_scale
         if HAS_PRIOR:
             if NEED_DSIGMA:
                 # dσ needs every pair's G·d², however small: no tile skipping here.
                 g, d2 = _prior_tile(offs_i, offs_j, grid_w, num_prefix, neg_coef)
-                s += g * LOG2E
+                s += g
             else:
                 if _tile_has_prior(start_i, start_j, BLOCK_I, BLOCK_J, n_tokens, grid_w, num_prefix, neg_coef):
                     g, _ = _prior_tile(offs_i, offs_j, grid_w, num_prefix, neg_coef)
-                    s += g * LOG2E
+                    s += g
         valid = mask_i[:, None] & mask_j[None, :]
-        p = tl.where(valid, tl.exp2(s - lse2_i[:, None]), 0.0)    # P_iJ
-        pt = tl.where(valid, tl.exp2(s - lse2_j[None, :]), 0.0)   # P_Jiᵀ
+        diag = offs_i[:, None] == offs_j[None, :]
+        p = tl.where(valid, tl.exp2((s - lse_i[:, None]) * LOG2E), 0.0)    # P_iJ
+        pt = tl.where(valid, tl.exp2((s - lse_j[None, :]) * LOG2E), 0.0)   # P_Jiᵀ
+        p = tl.where(diag, pdiag_j[None, :], p)    # on the diagonal i = j: the forward's P_ii
+        pt = tl.where(diag, pdiag_j[None, :], pt)
 
         dv_acc += tl.dot(tl.trans(p.to(do_i.dtype)), do_i, input_precision=INPUT_PRECISION)
         dp = tl.dot(do_i, vt_j, input_precision=INPUT_PRECISION)    # dP_iJ
         dpt = tl.dot(v_i, dot_j, input_precision=INPUT_PRECISION)   # dP_Jiᵀ
-        ds = p * (dp - delta_i[:, None])
-        dst = pt * (dpt - delta_j[None, :])
+        ds = tl.where(diag, -p * ddiag_j[None, :], p * (dp - delta_i[:, None]))
+        dst = tl.where(diag, -pt * ddiag_j[None, :], pt * (dpt - delta_j[None, :]))
         dk_acc += tl.dot(tl.trans((ds + dst).to(k_i.dtype)), k_i, input_precision=INPUT_PRECISION)
         if HAS_PRIOR:
             if NEED_DSIGMA:

@@ -52,36 +52,37 @@ def _neg_coef(sigma: Optional[Tensor], like: Tensor) -> Tensor:
     """``−log2e / (2σ²)`` per head (float32); a 1-element dummy when there is no prior."""
     if sigma is None:
         return torch.zeros(1, dtype=torch.float32, device=like.device)
-    s = sigma.detach().to(torch.float32)
-    return (-0.5 * LOG2E) / (s * s)
+    # σ ≥ SIGMA_MIN (kkattn._ops), so this is finite; a huge σ gives −0: G = 1.
+    return (-0.5 * LOG2E) / (sigma * sigma)
 
 
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
-            scale: float) -> tuple[Tensor, Tensor]:
-    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype) and ``lse (B, H, N)`` float32."""
+            scale: float, with_stats: bool):
+    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype), ``lse (B, H, N)`` float32 and, with
+    ``with_stats``, ``out_off (B, H, N, D)`` and ``p_off (B, H, N)`` float32 (else None)."""
     batch, heads, n_tokens, head_dim = k.shape
     out = empty_output(k.shape, like=k)
     lse = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32)
+    out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
+    p_off = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32) if with_stats else None
     block_m, block_n, warps, stages = _tiles("forward", head_dim)
     launch = (triton.cdiv(n_tokens, block_m), batch * heads)
     kernels.nkk_fwd_kernel[launch](
-        k, v, out, lse, _neg_coef(sigma, k),
+        k, v, out, lse, out_off if with_stats else lse, p_off if with_stats else lse, _neg_coef(sigma, k),
         *k.stride(), *v.stride(), *out.stride(),
-        heads, n_tokens, grid_w, num_prefix_tokens, scale * LOG2E,
+        heads, n_tokens, grid_w, num_prefix_tokens, scale,
         HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_PRIOR=sigma is not None, DOT_UPCAST=_dot_upcast(k.dtype),
+        HAS_PRIOR=sigma is not None, WITH_STATS=with_stats, DOT_UPCAST=_dot_upcast(k.dtype),
         INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
     )
-    return out, lse
+    return out, lse, out_off, p_off
 
 
-def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma: Optional[Tensor],
-             grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
+def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
+             sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
+             need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
     batch, heads, n_tokens, head_dim = k.shape
-    # rowsum(dP ∘ P) = rowsum(dO ∘ O): O(B·H·N), cheap enough in PyTorch.
-    delta = (dout.float() * out.float()).sum(-1).contiguous()
-    lse = lse.contiguous()
     dk = empty_output_like(k)
     dv = empty_output_like(v)
     block_i, block_j, warps, stages = _tiles("backward", head_dim)
@@ -89,9 +90,9 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sigma
     need_dsigma = need_dsigma and sigma is not None
     partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
     kernels.nkk_bwd_kernel[(n_blocks_j, batch * heads)](
-        k, v, dout, lse, delta, dk, dv, partial, _neg_coef(sigma, k),
+        k, v, dout, lse, delta, delta_diag, p_diag, dk, dv, partial, _neg_coef(sigma, k),
         *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-        heads, n_tokens, grid_w, num_prefix_tokens, scale * LOG2E, scale,
+        heads, n_tokens, grid_w, num_prefix_tokens, scale,
         HEAD_DIM=head_dim, BLOCK_I=block_i, BLOCK_J=block_j,
         HAS_PRIOR=sigma is not None, NEED_DSIGMA=need_dsigma, DOT_UPCAST=_dot_upcast(k.dtype),
         INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
