@@ -49,11 +49,12 @@ def _extension():
         sources = [s for s in sources if not s.endswith(".cu")]
     from torch.utils import cpp_extension
 
+    headers = sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "*.cuh")))
     # -Wno-psabi: the 8-lane vector helpers are always_inline, so no AVX-ABI boundary is ever crossed.
     cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     if not with_cuda:
         ext = cpp_extension.CppExtension("kkattn._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=["-fopenmp"])
+                                         extra_link_args=["-fopenmp"], depends=headers)
         return [ext], {"build_ext": cpp_extension.BuildExtension}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
     print(f"kkattn: building the CPU and CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
@@ -61,7 +62,7 @@ def _extension():
     nvcc = ["-O3", "--use_fast_math", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
     ext = cpp_extension.CUDAExtension(
         "kkattn._C", sources, include_dirs=_nvidia_include_dirs(), define_macros=[("KKATTN_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"], depends=headers)
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

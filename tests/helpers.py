@@ -10,15 +10,16 @@ import kkattn
 
 # (forward, gradients): max error relative to the oracle's largest magnitude, against the float64
 # reference run on the same dtype-rounded inputs.  They fit each dtype's rounding (fp16 eps 9.8e-4,
-# bf16 eps 7.8e-3) with a margin.  The gradients' budget is wider because the backward, like
-# FlashAttention's, forms δ = rowsum(dO ∘ O) from the *stored* (rounded) O: at tiny N the
-# cancellation in dP − δ turns bf16's rounding of O into ~5e-2 of dk.  (The Triton interpreter also
-# truncates fp32 → bf16 instead of rounding, doubling bf16 output error there.)
+# bf16 eps 7.8e-3) with a margin; the gradients are as tight as the forward since the backward takes
+# δ without cancellation (kkattn/_ops.py), also in the peaked regime.  The Triton interpreter
+# truncates fp32 → bf16 stores instead of rounding, which the bf16 forward budget covers.  Where
+# even PyTorch cannot do this well (fp16 gradients below fp16's smallest subnormal, 6e-8, at
+# D = 128 in the peaked regime) the 3× rule of assert_matches takes over.
 TOLERANCES = {
     torch.float64: (1e-12, 1e-11),
-    torch.float32: (2e-5, 5e-5),
-    torch.float16: (2e-3, 1e-2),
-    torch.bfloat16: (1.6e-2, 8e-2),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 3e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
 }
 
 

@@ -67,7 +67,8 @@ class _Backend:
             raise ValueError(f"backend '{self.name}' takes {' or '.join(d.upper() for d in self.devices)} tensors, "
                              f"got a {device_type} tensor")
         if dtype not in self.dtypes:
-            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            names = [str(d).replace("torch.", "") for d in self.dtypes]
+            names = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
             raise TypeError(f"backend '{self.name}' takes {names} k/v, got {dtype}{self.dtype_hint}")
         if self.head_dims is not None and head_dim not in self.head_dims:
             raise ValueError(f"backend '{self.name}' takes head dims {self.head_dims}, got D = {head_dim}")
