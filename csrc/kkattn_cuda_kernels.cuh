@@ -275,8 +275,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   T* sP = sdOi + kBM * D;     // P_iJ           (BM × BN)
   T* sPt = sP + kBM * kBN;    // P_Jiᵀ          (BM × BN)
   T* sT = sPt + kBM * kBN;    // dS_iJ + dS_Jiᵀ (BM × BN)
-  float* sA = reinterpret_cast<float*>(sT + kBM * kBN);  // S, then dP_iJ
-  float* sB = sA + kBM * kBN;                            // dP_Jiᵀ
+  float* sA = reinterpret_cast<float*>(sT + kBM * kBN);  // S, then dP_Jiᵀ
+  float* sB = sA + kBM * kBN;                            // dP_iJ
   float* sLi = sB + kBM * kBN;
   float* sDi = sLi + kBM;
   float* sLJ = sDi + kBM;
@@ -317,8 +317,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       sDi[r] = i0 + r < N ? delta[i0 + r] : 0.f;
     }
     __syncthreads();
-    // 1. S_iJ = K_i K_Jᵀ
+    // 1. S_iJ = K_i K_Jᵀ → sA;  2. dP_iJ = dO_i V_Jᵀ → sB (before the softmax, so that dσ takes
+    // dS_iJ = P_iJ (dP_iJ − δ_i) from the fp32 P: the tiny off-diagonal P of a peaked row vanish in fp16)
     warp_gemm<T, D>(sKi + warp * 16 * D, D, sKJ, D, true, sA + warp * 16 * kBN, kBN, kBN / 16, false);
+    warp_gemm<T, D>(sdOi + warp * 16 * D, D, sVJ, D, true, sB + warp * 16 * kBN, kBN, kBN / 16, false);
     __syncthreads();
     const int64_t i1 = i0 + kBM < N ? i0 + kBM : N;
     const bool with_prior = need_dsigma ? prior.on : prior.matters(i0, i1, j0, j1);
@@ -327,34 +329,31 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       const int64_t i = i0 + r, j = j0 + c;
       float p = 0.f, pt = 0.f;
       if (i < N && j < N) {
-        float s = sA[e] * scale;
-        if (with_prior) s += prior.value(i, j);
+        float d2 = 0.f;
+        const float g = with_prior ? prior.value(i, j, &d2) : 0.f;
+        const float s = sA[e] * scale + g;
         p = __expf(s - sLi[r]);   // P_iJ
         pt = __expf(s - sLJ[c]);  // P_Ji[c][r], since S_Ji = S_iJᵀ
         if (i == j) p = pt = p_diag[i];  // the forward's P_ii
+        // each (i, j) pair is counted once: in dS_iJ of key block J; the diagonal has d² = 0
+        if (need_dsigma && i != j) dsig += logit_grad(p, sB[e], sDi[r]) * g * d2;
       }
       sP[e] = from_f<T>(p);
       sPt[e] = from_f<T>(pt);
     }
     __syncthreads();
-    // 2. dP_iJ = dO_i V_Jᵀ;  3. dP_Jiᵀ = V_i dO_Jᵀ
-    warp_gemm<T, D>(sdOi + warp * 16 * D, D, sVJ, D, true, sA + warp * 16 * kBN, kBN, kBN / 16, false);
-    warp_gemm<T, D>(sVi + warp * 16 * D, D, sdOJ, D, true, sB + warp * 16 * kBN, kBN, kBN / 16, false);
+    // 3. dP_Jiᵀ = V_i dO_Jᵀ → sA
+    warp_gemm<T, D>(sVi + warp * 16 * D, D, sdOJ, D, true, sA + warp * 16 * kBN, kBN, kBN / 16, false);
     __syncthreads();
     for (int e = threadIdx.x; e < kBM * kBN; e += blockDim.x) {
       const int r = e / kBN, c = e % kBN;
       const int64_t i = i0 + r, j = j0 + c;
       float t = 0.f;
       if (i < N && j < N) {
-        float ds = logit_grad(to_f(sP[e]), sA[e], sDi[r]);    // dS_iJ[r][c]
-        float dst = logit_grad(to_f(sPt[e]), sB[e], sDJ[c]);  // dS_Ji[c][r]
+        float ds = logit_grad(to_f(sP[e]), sB[e], sDi[r]);    // dS_iJ[r][c]
+        float dst = logit_grad(to_f(sPt[e]), sA[e], sDJ[c]);  // dS_Ji[c][r]
         if (i == j) ds = dst = -to_f(sP[e]) * delta_diag[i];  // dS_ii = −P_ii·δ'_i
         t = ds + dst;
-        if (need_dsigma) {  // each (i, j) pair is counted once: in dS_iJ of key block J
-          float d2;
-          const float g = prior.value(i, j, &d2);
-          dsig += ds * g * d2;
-        }
       }
       sT[e] = from_f<T>(t);
     }

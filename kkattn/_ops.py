@@ -94,18 +94,36 @@ def _backward_fake(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, nu
     return torch.empty_like(k), torch.empty_like(v), k.new_empty((k.shape[1],), dtype=acc_dtype(k.dtype))
 
 
+# Rows of the (B, H, N, D) inputs per step of _row_deltas in eager mode: fp32 temporaries of at most
+# 2**22 elements (16 MiB), never a full-size fp32 copy of dO or V.
+_DELTA_CHUNK_ELEMENTS = 1 << 22
+
+
 def _row_deltas(dout: Tensor, v: Tensor, out_off: Tensor, p_off: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(δ, δ', P_ii)``, each ``(B, H, N)`` in the accumulation dtype, contiguous.
 
     ``dP_ii = dO_i·V_i``; ``δ'_i = dO_i·O'_i − dP_ii·p_off_i`` (= δ_i − dP_ii, formed without
     cancellation); ``δ_i = dP_ii + δ'_i`` (used off the diagonal); ``P_ii = 1 − p_off_i``.
-    Only O(B·H·N·D) temporaries.
     """
     acc = out_off.dtype
-    dout_acc = dout.to(acc)
-    dp_diag = (dout_acc * v.to(acc)).sum(-1)
-    delta_diag = (dout_acc * out_off).sum(-1) - dp_diag * p_off
-    return (dp_diag + delta_diag).contiguous(), delta_diag.contiguous(), (1.0 - p_off).contiguous()
+
+    def block(do, vv, oo, po):
+        do = do.to(acc)
+        dp_diag = (do * vv.to(acc)).sum(-1)
+        delta_diag = (do * oo).sum(-1) - dp_diag * po
+        return dp_diag + delta_diag, delta_diag
+
+    if torch.compiler.is_compiling():  # inductor fuses the products into the reductions
+        delta, delta_diag = block(dout, v, out_off, p_off)
+        return delta.contiguous(), delta_diag.contiguous(), (1.0 - p_off).contiguous()
+    batch, heads, n_tokens, head_dim = v.shape
+    rows = max(1, _DELTA_CHUNK_ELEMENTS // max(1, batch * heads * head_dim))
+    delta, delta_diag = torch.empty_like(p_off), torch.empty_like(p_off)
+    for start in range(0, n_tokens, rows):  # slices of dO are views, even of an expanded dO
+        part = slice(start, start + rows)
+        delta[:, :, part], delta_diag[:, :, part] = block(dout[:, :, part], v[:, :, part], out_off[:, :, part],
+                                                          p_off[:, :, part])
+    return delta, delta_diag, 1.0 - p_off
 
 
 def _setup_context(ctx, inputs, output):

@@ -88,3 +88,18 @@ def test_cpu_kernel_runs_a_128x128_grid_in_bounded_memory():
     growth_kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                     check=True).stdout.split()[-1])
     assert growth_kib < 64 * 1024, f"peak RSS grew by {growth_kib / 1024:.0f} MiB"
+
+
+def test_row_deltas_in_chunks_equal_one_block(monkeypatch):
+    # The backward's row statistics are formed in bounded chunks in eager mode (an expanded dO stays a
+    # view): the same numbers as one block.
+    from kkattn import _ops
+    b, h, n, d = 2, 3, 50, 16
+    dout = torch.randn(1, 1, 1, d).expand(b, h, n, d)
+    v, out_off = torch.randn(b, h, n, d), torch.randn(b, h, n, d)
+    p_off = torch.rand(b, h, n)
+    whole = _ops._row_deltas(dout, v, out_off, p_off)
+    monkeypatch.setattr(_ops, "_DELTA_CHUNK_ELEMENTS", 7 * b * h * d)  # 8 chunks, the last partial
+    chunked_ = _ops._row_deltas(dout, v, out_off, p_off)
+    for a, c in zip(whole, chunked_):
+        assert torch.equal(a, c)
