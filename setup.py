@@ -42,6 +42,10 @@ def _extension():
     want_cuda = os.environ.get("KKATTN_BUILD_CUDA", "").strip()
     if want_cuda == "1" and cuda_reason:
         raise RuntimeError(f"KKATTN_BUILD_CUDA=1 but the CUDA kernels cannot be built: {cuda_reason}")
+    if cuda_reason is None:
+        cuda_reason = _select_cuda_archs()
+        if cuda_reason and want_cuda == "1":
+            raise RuntimeError(f"KKATTN_BUILD_CUDA=1 but the CUDA kernels cannot be built: {cuda_reason}")
     with_cuda = want_cuda != "0" and cuda_reason is None
     if not with_cuda:
         print(f"kkattn: building the CPU kernel only ({'KKATTN_BUILD_CUDA=0' if want_cuda == '0' else cuda_reason})",
@@ -56,7 +60,6 @@ def _extension():
         ext = cpp_extension.CppExtension("kkattn._C", sources, extra_compile_args={"cxx": cxx},
                                          extra_link_args=["-fopenmp"], depends=headers)
         return [ext], {"build_ext": cpp_extension.BuildExtension}
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
     print(f"kkattn: building the CPU and CUDA kernels (CUDA_HOME={cpp_extension.CUDA_HOME}, "
           f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
     nvcc = ["-O3", "--use_fast_math", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
@@ -88,13 +91,41 @@ def _cuda_unavailable(sources):
     return None
 
 
-def _default_arch_list():
+def _select_cuda_archs():
+    """Set TORCH_CUDA_ARCH_LIST to the architectures the kernels can be built for; return why none, or None.
+
+    The kernels need sm_80 or newer (bf16 WMMA).  Default: the visible GPU's architecture, or without
+    one (CI) Ampere and Hopper plus PTX, which newer GPUs compile at load time.  Older entries of a
+    given list are dropped with a message instead of failing the whole install.
+    """
     import torch
 
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return f"{major}.{minor}"
-    return "8.0;9.0"  # no GPU visible (CI): Ampere and Hopper, the cards we run on
+    given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if not given:
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            given = f"{major}.{minor}+PTX"
+        else:
+            given = "8.0;9.0+PTX"
+    archs = [a for a in given.replace(",", ";").replace(" ", ";").split(";") if a]
+    keep = [a for a in archs if _arch_number(a) >= 8.0]
+    if len(keep) < len(archs):
+        dropped = ", ".join(a for a in archs if a not in keep)
+        print(f"kkattn: the CUDA kernels need sm_80 or newer; not building them for {dropped}", file=sys.stderr)
+    if not keep:
+        return f"no architecture at or above sm_80 in TORCH_CUDA_ARCH_LIST={given!r}"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(keep)
+    return None
+
+
+def _arch_number(arch: str) -> float:
+    """``"8.6+PTX"`` → 8.6; named ones (``"Hopper"``) count as new enough; unreadable ones as too old."""
+    names = {"ampere": 8.0, "ada": 8.9, "hopper": 9.0, "blackwell": 10.0}
+    base = arch.split("+")[0].strip().lower()
+    try:
+        return names[base] if base in names else float(base.rstrip("a"))
+    except ValueError:
+        return 0.0
 
 
 def _nvidia_include_dirs():

@@ -3,5 +3,5 @@
 * ``python -m benchmarks.attention`` — the operator: every kkattn backend on the device against
   the materialized reference, SDPA with a materialized G, FlexAttention, and (GPU) SDPA without bias.
 * ``python -m benchmarks.model`` — the paper's Table 6 (params, GFLOPs, ms, FPS, memory) for our model.
-* ``benchmarks/gpu_check.sh`` — the one command a session with a lent GPU runs (tests + both benchmarks).
+* ``benchmarks/gpu_check.sh build|test|bench`` — the GPU checks, in stages of at most ten minutes each.
 """

@@ -7,7 +7,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "kkattn_cuda_kernels.cuh"
 
@@ -66,6 +68,26 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
+// The kernels load rows in 16-byte vectors (load_tile): a view whose data starts mid-vector (a slice
+// at an odd offset) is copied to a fresh, aligned buffer first.
+at::Tensor aligned16(const at::Tensor& t) {
+  const at::Tensor dense = t.contiguous();
+  return reinterpret_cast<uintptr_t>(dense.data_ptr()) % 16 == 0 ? dense : dense.clone();
+}
+
+// Dynamic shared memory (bytes) of the forward and backward kernels for head dim D: the same for
+// fp16 and bf16.  available_backends() compares it with the device's opt-in limit per block.
+std::vector<int64_t> shared_memory(int64_t D) {
+  TORCH_CHECK(D == 32 || D == 64 || D == 128, "kkattn cuda kernels take head dims 32, 64, 128, got ", D);
+  std::vector<int64_t> bytes;
+  dispatch(at::kHalf, D, [&](auto t, auto d) {
+    using T = decltype(t);
+    constexpr int kD = decltype(d)::value;
+    bytes = {static_cast<int64_t>(forward_smem<T, kD>()), static_cast<int64_t>(backward_smem<T, kD>())};
+  });
+  return bytes;
+}
+
 // out: k's dtype, contiguous (B, H, N, D); lse: float32 (B, H, N); when given, the off-diagonal
 // output out_off (B, H, N, D) and weight p_off (B, H, N), float32.
 void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w,
@@ -73,7 +95,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
              const c10::optional<at::Tensor>& out_off, const c10::optional<at::Tensor>& p_off) {
   check_cuda_inputs(k_in, v_in, sigma, grid_w, num_prefix);
   const c10::cuda::CUDAGuard guard(k_in.device());
-  const auto k = k_in.contiguous(), v = v_in.contiguous();
+  const auto k = aligned16(k_in), v = aligned16(v_in);
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
   check_out(out, k.sizes(), k.scalar_type(), k, "out");
   check_out(lse, {B, H, N}, at::kFloat, k, "lse");
@@ -104,8 +126,8 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   check_cuda_inputs(k_in, v_in, sigma, grid_w, num_prefix);
   TORCH_CHECK(dout_in.sizes() == k_in.sizes(), "kkattn cuda kernels: dout must have k's shape");
   const c10::cuda::CUDAGuard guard(k_in.device());
-  const auto k = k_in.contiguous(), v = v_in.contiguous();
-  const auto dout = dout_in.to(k.scalar_type()).contiguous();
+  const auto k = aligned16(k_in), v = aligned16(v_in);
+  const auto dout = aligned16(dout_in.to(k.scalar_type()));
   const auto row_stat = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.sizes() == k_in.sizes().slice(0, 3) && t.device() == k_in.device(), "kkattn cuda kernels: ", name,
                 " must be (B, H, N) on k's device");
@@ -137,6 +159,10 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
 
 }  // namespace cuda
 }  // namespace kkattn
+
+TORCH_LIBRARY_FRAGMENT(kkattn_C, m) {
+  m.def("cuda_shared_memory(int head_dim) -> int[]", &kkattn::cuda::shared_memory);
+}
 
 TORCH_LIBRARY_IMPL(kkattn_C, CUDA, m) {
   m.impl("forward", &kkattn::cuda::forward);

@@ -67,26 +67,26 @@ struct Prior {
   int64_t grid_w, prefix;
   const float* table;  // shared memory, kTable entries
 
-  __device__ __forceinline__ float g(int64_t t) const {
+  __device__ __forceinline__ float g(int t) const {
     t = t < 0 ? -t : t;
     return t < kTable ? table[t] : gauss_1d(t, inv_two_var);
   }
-  // G(i, j) and ‖p_i − p_j‖² (0 for prefix tokens, which have no prior).
-  __device__ __forceinline__ float value(int64_t i, int64_t j, float* dist2 = nullptr) const {
-    const GridPos a = grid_pos(i, grid_w, prefix), b = grid_pos(j, grid_w, prefix);
-    if (!a.on_grid || !b.on_grid) {
+  // G and ‖p_a − p_b‖² of two tokens at grid positions (row, col) from tile_positions (row −1:
+  // a prefix token or past N, which has no prior).  32-bit math: no int64 division per logit.
+  __device__ __forceinline__ float at(int row_a, int col_a, int row_b, int col_b, float* dist2 = nullptr) const {
+    if (row_a < 0 || row_b < 0) {
       if (dist2) *dist2 = 0.f;
       return 0.f;
     }
-    const int64_t dr = a.row - b.row, dc = a.col - b.col;
-    if (dist2) *dist2 = static_cast<float>(dr * dr + dc * dc);
+    const int dr = row_a - row_b, dc = col_a - col_b;
+    if (dist2) *dist2 = static_cast<float>(dr) * static_cast<float>(dr) + static_cast<float>(dc) * static_cast<float>(dc);
     return g(dr) * g(dc);
   }
   // Whether any G in rows [i0, i1) × keys [j0, j1) reaches fp32 resolution.
   __device__ __forceinline__ bool matters(int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
     if (!on) return false;
     const int64_t gap = min_row_gap(i0, i1, j0, j1, grid_w, prefix);
-    return gap >= 0 && g(gap) >= kNegligiblePrior;
+    return gap >= 0 && (gap >= kTable ? gauss_1d(gap, inv_two_var) : table[gap]) >= kNegligiblePrior;
   }
 };
 
@@ -98,6 +98,17 @@ __device__ __forceinline__ Prior make_prior(const float* sigma, int h, int64_t g
     for (int t = threadIdx.x; t < kTable; t += blockDim.x) table[t] = gauss_1d(t, p.inv_two_var);
   }
   return p;
+}
+
+// Grid positions of tokens [t0, t0 + count) into shared memory: rows[r] = −1 for a prefix token or one
+// past N (no prior), else its grid row; cols[r] its grid column.  One division per token and tile.
+__device__ __forceinline__ void tile_positions(int* rows, int* cols, int64_t t0, int count, int64_t N, int64_t grid_w,
+                                               int64_t prefix) {
+  for (int r = threadIdx.x; r < count; r += blockDim.x) {
+    const GridPos p = grid_pos(t0 + r, grid_w, prefix);
+    rows[r] = t0 + r < N && p.on_grid ? static_cast<int>(p.row) : -1;
+    cols[r] = static_cast<int>(p.col);
+  }
 }
 
 // rows × D tile of a contiguous (N, D) matrix into shared memory, zero past row N (16-byte chunks).
@@ -147,7 +158,8 @@ constexpr int64_t backward_blocks(int64_t N) { return (N + kBN - 1) / kBN; }
 
 template <typename T, int D>
 constexpr size_t forward_smem() {
-  return (kBM * D + 2 * kBN * D + kBM * kBN) * sizeof(T) + (kBM * kBN + kBM * D + 4 * kBM + kTable) * sizeof(float);
+  return (kBM * D + 2 * kBN * D + kBM * kBN) * sizeof(T) + (kBM * kBN + kBM * D + 4 * kBM + kTable) * sizeof(float) +
+         2 * kBN * sizeof(int);
 }
 
 template <typename T, int D>
@@ -168,6 +180,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   float* sAlpha = sL + kBM;
   float* sD = sAlpha + kBM;  // diagonal weight (sL holds the off-diagonal sum)
   float* table = sD + kBM;
+  int* sRowJ = reinterpret_cast<int*>(table + kTable);  // grid positions of the key tile
+  int* sColJ = sRowJ + kBN;
 
   const int64_t bh = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -185,11 +199,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   // Each lane handles half a row (32 keys) of its warp's 16 rows.
   const int row = warp * 16 + lane / 2, col0 = (lane % 2) * (kBN / 2);
   const int64_t i = i0 + row;
+  const GridPos pos_i = grid_pos(i, grid_w, prefix);
+  const int row_i = i < N && pos_i.on_grid ? static_cast<int>(pos_i.row) : -1, col_i = static_cast<int>(pos_i.col);
 
   for (int64_t j0 = 0; j0 < N; j0 += kBN) {
     __syncthreads();  // the previous tile's P·V is done with sKj/sVj
     load_tile<T, D>(sKj, k, j0, kBN, N);
     load_tile<T, D>(sVj, v, j0, kBN, N);
+    if (prior.on) tile_positions(sRowJ, sColJ, j0, kBN, N, grid_w, prefix);
     __syncthreads();
     warp_gemm<T, D>(sKi + warp * 16 * D, D, sKj, D, true, sS + warp * 16 * kBN, kBN, kBN / 16,
                                      false);
@@ -197,12 +214,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
     const bool with_prior = prior.matters(i0, i1, j0, j0 + kBN < N ? j0 + kBN : N);
     float* s_row = sS + row * kBN;
     float tile_max = -INFINITY;
-    for (int c = col0; c < col0 + kBN / 2; ++c) {
+    // Lanes walk their half-rows in a staggered order (t + lane) mod 32: rows lie 64 floats apart, so
+    // in lockstep all 32 lanes would hit one shared-memory bank; staggered, each hits its own.
+    for (int t = 0; t < kBN / 2; ++t) {
+      const int c = col0 + ((t + lane) & (kBN / 2 - 1));
       const int64_t j = j0 + c;
       float s = -INFINITY;
       if (j < N) {
         s = s_row[c] * scale;
-        if (with_prior) s += prior.value(i, j);
+        if (with_prior) s += prior.at(row_i, col_i, sRowJ[c], sColJ[c]);
       }
       s_row[c] = s;
       tile_max = fmaxf(tile_max, s);
@@ -213,7 +233,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
     const float alpha = exp2f((running - new_max) * kLog2e);   // 0 on the first tile (running = −inf)
     float sum = 0.f, diag = 0.f;
     T* p_row = sP + row * kBN;
-    for (int c = col0; c < col0 + kBN / 2; ++c) {
+    for (int t = 0; t < kBN / 2; ++t) {
+      const int c = col0 + ((t + lane) & (kBN / 2 - 1));  // staggered, as above
       float p = exp2f((s_row[c] - new_max) * kLog2e);
       if (j0 + c == i) {  // the diagonal: kept out of the off-diagonal sum and P·V
         diag = p;
@@ -255,7 +276,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
 
 template <typename T, int D>
 constexpr size_t backward_smem() {
-  return (6 * kBM * D + 3 * kBM * kBN) * sizeof(T) + (2 * kBM * kBN + 2 * kBM + 2 * kBN + kTable + kWarps) * sizeof(float);
+  return (6 * kBM * D + 3 * kBM * kBN) * sizeof(T) + (2 * kBM * kBN + 2 * kBM + 2 * kBN + kTable + kWarps) * sizeof(float) +
+         2 * (kBM + kBN) * sizeof(int);
 }
 
 template <typename T, int D>
@@ -283,6 +305,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   float* sDJ = sLJ + kBN;
   float* table = sDJ + kBN;
   float* sRed = table + kTable;
+  int* sRowI = reinterpret_cast<int*>(sRed + kWarps);  // grid positions of the row tile and the key tile
+  int* sColI = sRowI + kBM;
+  int* sRowJ = sColI + kBM;
+  int* sColJ = sRowJ + kBN;
 
   const int64_t bh = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kBN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -293,6 +319,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   const float* delta_diag = Delta_diag + bh * N;
   const float* p_diag = P_diag + bh * N;
   load_tile<T, D>(sKJ, K + off, j0, kBN, N);
+  if (prior.on) tile_positions(sRowJ, sColJ, j0, kBN, N, grid_w, prefix);
   load_tile<T, D>(sVJ, V + off, j0, kBN, N);
   load_tile<T, D>(sdOJ, dO + off, j0, kBN, N);
   for (int r = threadIdx.x; r < kBN; r += blockDim.x) {
@@ -310,6 +337,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   for (int64_t i0 = 0; i0 < N; i0 += kBM) {
     __syncthreads();  // the previous pair's products are done with the i-side tiles
     load_tile<T, D>(sKi, K + off, i0, kBM, N);
+    if (prior.on) tile_positions(sRowI, sColI, i0, kBM, N, grid_w, prefix);
     load_tile<T, D>(sVi, V + off, i0, kBM, N);
     load_tile<T, D>(sdOi, dO + off, i0, kBM, N);
     for (int r = threadIdx.x; r < kBM; r += blockDim.x) {
@@ -330,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       float p = 0.f, pt = 0.f;
       if (i < N && j < N) {
         float d2 = 0.f;
-        const float g = with_prior ? prior.value(i, j, &d2) : 0.f;
+        const float g = with_prior ? prior.at(sRowI[r], sColI[r], sRowJ[c], sColJ[c], &d2) : 0.f;
         const float s = sA[e] * scale + g;
         p = __expf(s - sLi[r]);   // P_iJ
         pt = __expf(s - sLJ[c]);  // P_Ji[c][r], since S_Ji = S_iJᵀ

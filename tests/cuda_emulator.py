@@ -71,6 +71,9 @@ class EmulatedCUDA(_CompiledCUDA):
     def status(self) -> BackendStatus:
         return BackendStatus(self.name, True, "available (host emulation of the CUDA kernels)")
 
+    def _misfit(self, head_dim, device_index) -> str:
+        return ""  # the emulator's shared memory is host memory: no per-block limit to check
+
     def _run(self, mode: str, k: torch.Tensor, scale: float, grid_w: int, prefix: int, sigma, flag: bool,
              inputs: dict, outputs: dict) -> dict:
         batch, heads, n, dim = k.shape

@@ -57,11 +57,11 @@ class _Backend:
     def status(self) -> BackendStatus:
         raise NotImplementedError
 
-    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
         return (device_type in self.devices and dtype in self.dtypes
                 and (self.head_dims is None or head_dim in self.head_dims))
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
+    def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         """Raise a ValueError/TypeError naming what these inputs break."""
         if device_type not in self.devices:
             raise ValueError(f"backend '{self.name}' takes {' or '.join(d.upper() for d in self.devices)} tensors, "
@@ -84,10 +84,10 @@ class _Chunked(_Backend):
     def status(self) -> BackendStatus:
         return BackendStatus(self.name, True, "available (plain PyTorch, any device, O(block·N) memory)")
 
-    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
         return True
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
+    def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         pass
 
 
@@ -124,10 +124,10 @@ class _Triton(_Deferred):
                                  "imported — set it before importing kkattn")
         return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
 
-    def accepts(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
         return super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _interpreting_const()
 
-    def check(self, device_type: str, dtype: torch.dtype, head_dim) -> None:
+    def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         if device_type not in self.devices:
             raise ValueError(f"backend 'triton' takes CUDA tensors (or CPU under TRITON_INTERPRET=1), "
                              f"got a {device_type} tensor")
@@ -175,7 +175,31 @@ class _CompiledCUDA(_Deferred):
                                  "rebuild with nvcc and a CUDA-enabled torch)")
         if not torch.cuda.is_available():
             return BackendStatus(self.name, False, "compiled, no GPU")
-        return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name()})")
+        index = torch.cuda.current_device()
+        fit = [d for d in self.head_dims if not _cuda_misfit(d, index)]
+        limit = impl.device_limit(index) // 1024
+        if len(fit) == len(self.head_dims):
+            where = f"head dims {', '.join(map(str, fit))} fit its {limit} KB of shared memory per block"
+        else:
+            rest = [d for d in self.head_dims if d not in fit]
+            where = (f"head dims {', '.join(map(str, fit)) or 'none'} fit its {limit} KB of shared memory per block; "
+                     f"{', '.join(map(str, rest))} need more and go to triton")
+        return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name(index)}; {where})")
+
+    def _misfit(self, head_dim, device_index: Optional[int]) -> str:
+        for d in self.head_dims:  # compare first: a symbolic head dim (torch.compile) becomes a constant
+            if head_dim == d:
+                return _cuda_misfit(d, -1 if device_index is None else device_index)
+        return ""
+
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
+        return super().accepts(device_type, dtype, head_dim) and not self._misfit(head_dim, device_index)
+
+    def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
+        super().check(device_type, dtype, head_dim)
+        reason = self._misfit(head_dim, device_index)
+        if reason:
+            raise ValueError(f"backend 'cuda' cannot run head dim {head_dim} on this GPU: {reason}")
 
 
 _REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _CompiledCUDA())}
@@ -207,6 +231,19 @@ def _unavailable_reason(name: str) -> str:
     return "" if status.available else status.detail
 
 
+@torch.compiler.assume_constant_result
+def _cuda_misfit(head_dim: int, device_index: int) -> str:
+    """Why the CUDA kernels for ``head_dim`` do not fit the shared memory of GPU ``device_index`` ("" if
+    they do; -1: the current GPU), from the kernels' own sizes and the device's opt-in limit per block."""
+    impl = _REGISTRY["cuda"]._impl()
+    forward, backward = impl.shared_memory(head_dim)
+    limit = impl.device_limit(None if device_index < 0 else device_index)
+    if max(forward, backward) <= limit:
+        return ""
+    return (f"its kernels need {forward / 1024:.1f} KB (forward) and {backward / 1024:.1f} KB (backward) of shared "
+            f"memory per block, the GPU allows {limit / 1024:.1f} KB")
+
+
 def _interpreter_set_too_late() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and not _interpreting()
 
@@ -225,10 +262,10 @@ def available_backends() -> dict[str, BackendStatus]:
     return out
 
 
-def _auto_choice(device_type: str, dtype: torch.dtype, head_dim) -> str:
+def _auto_choice(device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> str:
     """The first backend of the device's auto order that is available and takes these inputs."""
     for name in AUTO_ORDER.get(device_type, ("chunked",)):
-        if not _unavailable_reason(name) and _REGISTRY[name].accepts(device_type, dtype, head_dim):
+        if not _unavailable_reason(name) and _REGISTRY[name].accepts(device_type, dtype, head_dim, device_index):
             return name
     return "chunked"
 
@@ -241,11 +278,11 @@ def resolve(name: str, k: Tensor) -> str:
     if not isinstance(name, str) or name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
-        return _auto_choice(k.device.type, k.dtype, k.shape[-1])
+        return _auto_choice(k.device.type, k.dtype, k.shape[-1], k.device.index)
     if name == "reference":
         return name
     reason = _unavailable_reason(name)
     if reason:
         raise ValueError(f"backend '{name}' is not available: {reason}")
-    _REGISTRY[name].check(k.device.type, k.dtype, k.shape[-1])
+    _REGISTRY[name].check(k.device.type, k.dtype, k.shape[-1], k.device.index)
     return name

@@ -13,13 +13,24 @@ from torch import Tensor
 from .._alloc import empty_output, empty_output_like
 from .cpu import load  # one library holds both the CPU and the CUDA kernels
 
-DTYPES = (torch.float16, torch.bfloat16)
-HEAD_DIMS = (32, 64, 128)
-
 
 def compiled() -> bool:
     """Whether this build of ``kkattn._C`` contains the CUDA kernels."""
     return load() is None and "cuda" in torch.ops.kkattn_C.build_info()
+
+
+def shared_memory(head_dim: int) -> tuple[int, int]:
+    """Bytes of shared memory per block of the (forward, backward) kernels for ``head_dim``."""
+    load()
+    forward, backward = torch.ops.kkattn_C.cuda_shared_memory(head_dim)
+    return int(forward), int(backward)
+
+
+def device_limit(index: Optional[int] = None) -> int:
+    """The most shared memory a block may opt in to on GPU ``index`` (None: the current one): 163 KB on
+    A100 (sm_80), 99 KB on RTX 30xx/40xx (sm_86/89), 227 KB on H100/H200 (sm_90)."""
+    index = torch.cuda.current_device() if index is None else index
+    return int(torch.cuda.get_device_properties(index).shared_memory_per_block_optin)
 
 
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
