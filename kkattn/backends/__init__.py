@@ -25,6 +25,10 @@ from torch import Tensor
 from . import chunked
 
 BACKEND_NAMES = ("auto", "reference", "chunked", "triton", "cpu", "cuda")
+# Opt-in shared memory per thread block, bytes, by CUDA compute capability: the budgets the GPU kernels'
+# tiles are planned for (A100, RTX 30xx, RTX 40xx, H100/H200).  At run time the device's own limit is
+# asked; tests/test_triton_aot.py compiles every Triton variant for each of these and checks it fits.
+SHARED_MEMORY_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 # What backend="auto" tries, in order, per device type.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("cpu", "chunked")}
 
@@ -124,8 +128,12 @@ class _Triton(_Deferred):
                                  "imported — set it before importing kkattn")
         return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
 
+    # The smallest per-block shared memory its tiles are planned and checked for (sm_86/89).
+    min_shared_memory = SHARED_MEMORY_PER_BLOCK[86]
+
     def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
-        return super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _interpreting_const()
+        return (super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _interpreting_const()
+                and (device_type != "cuda" or _gpu_shared_memory(device_index) >= self.min_shared_memory))
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         if device_type not in self.devices:
@@ -138,6 +146,9 @@ class _Triton(_Deferred):
         if device_type == "cuda" and _interpreting_const():
             raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
                              "CPU tensors; unset it to run on the GPU")
+        if device_type == "cuda" and _gpu_shared_memory(device_index) < self.min_shared_memory:
+            raise ValueError(f"backend 'triton' plans its tiles for at least {self.min_shared_memory // 1024} KB of "
+                             f"shared memory per block; this GPU allows {_gpu_shared_memory(device_index) // 1024} KB")
 
 
 class _CompiledCPU(_Deferred):
@@ -229,6 +240,13 @@ def _unavailable_reason(name: str) -> str:
     """Why backend ``name`` cannot run on this install ("" when it can); a constant under torch.compile."""
     status = _REGISTRY[name].status()
     return "" if status.available else status.detail
+
+
+@torch.compiler.assume_constant_result
+def _gpu_shared_memory(device_index: Optional[int]) -> int:
+    """Opt-in shared memory per block of a CUDA device (None: the current one), bytes."""
+    index = torch.cuda.current_device() if device_index is None else device_index
+    return int(torch.cuda.get_device_properties(index).shared_memory_per_block_optin)
 
 
 @torch.compiler.assume_constant_result

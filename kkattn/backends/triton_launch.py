@@ -1,11 +1,17 @@
-"""Launch the Triton kernels: block sizes, dtype handling, output allocation.
+"""Launch the Triton kernels: block sizes per GPU, dtype handling, output allocation.
 
 Triton chooses its interpreter when a kernel is decorated, and ``triton.language`` is already
 imported with torch's flop counter: ``TRITON_INTERPRET=1`` must be set before importing kkattn.
+
+Each pass is described by one function (:func:`forward_launch`, :func:`backward_launch`) that
+returns the kernel, its grid, arguments and compile-time options; the passes launch exactly that,
+and ``tests/triton_aot.py`` compiles the same description ahead of time for every GPU architecture
+(on meta tensors, no GPU) to check each variant's shared memory against the architecture's budget.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -13,7 +19,7 @@ from torch import Tensor
 
 from .._alloc import empty_output, empty_output_like
 from .._prior import LOG2E
-from . import _interpreting
+from . import SHARED_MEMORY_PER_BLOCK, _interpreting
 from . import triton_kernels as kernels
 
 INTERPRETED = _interpreting()
@@ -33,19 +39,54 @@ def _input_precision(dtype: torch.dtype) -> Optional[str]:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-# (rows, columns, num_warps, num_stages) of a tile, by pass and head dim.  Fixed, not autotuned:
-# autotuning under the interpreter would need a CPU do_bench, and the benchmarks issue tunes these.
+# (rows, columns, num_warps, num_stages) of a tile, by pass and head dim (≤ 64 or not).  Fixed, not
+# autotuned: autotuning under the interpreter would need a CPU do_bench, and the benchmarks tune these.
+# With these, fp16/bf16 need at most 76 KB of shared memory per block, fp32 up to 152 KB (triton 3.6–3.8).
 _GPU_TILES = {
     ("forward", True): (128, 64, 4, 3), ("forward", False): (64, 64, 4, 2),
     ("backward", True): (64, 64, 4, 2), ("backward", False): (32, 64, 4, 2),
 }
+# fp32 operands take twice the space: GPUs below _LARGE_BUDGET per block (RTX 30xx/40xx: 99 KB) run
+# fp32 with these, at most 81 KB.
+_GPU_TILES_FP32_SMALL = {
+    ("forward", True): (64, 64, 4, 2), ("forward", False): (64, 32, 4, 2),
+    ("backward", True): (32, 64, 4, 2), ("backward", False): (16, 32, 4, 2),
+}
+_LARGE_BUDGET = SHARED_MEMORY_PER_BLOCK[80]  # A100's 163 KB: every _GPU_TILES variant fits
 
 
-def _tiles(kind: str, head_dim: int) -> tuple[int, int, int, int]:
-    if INTERPRETED:
+def gpu_tiles(kind: str, head_dim: int, dtype: torch.dtype, budget: int) -> tuple[int, int, int, int]:
+    """The tile of pass ``kind`` for a GPU allowing ``budget`` bytes of shared memory per block."""
+    key = (kind, head_dim <= 64)
+    if dtype == torch.float32 and budget < _LARGE_BUDGET:
+        return _GPU_TILES_FP32_SMALL[key]
+    return _GPU_TILES[key]
+
+
+@functools.lru_cache(maxsize=None)
+def device_budget(index: int) -> int:
+    """Opt-in shared memory per block of CUDA device ``index``, bytes."""
+    return int(torch.cuda.get_device_properties(index).shared_memory_per_block_optin)
+
+
+def _tiles(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
+           budget: Optional[int]) -> tuple[int, int, int, int]:
+    if INTERPRETED and device.type == "cpu":
         # Small tiles so that test sizes (N <= 256) span several blocks and partial last blocks.
         return 32, 32, 4, 1
-    return _GPU_TILES[(kind, head_dim <= 64)]
+    if budget is None:
+        budget = device_budget(device.index if device.index is not None else torch.cuda.current_device())
+    return gpu_tiles(kind, head_dim, dtype, budget)
+
+
+class Launch(NamedTuple):
+    """One kernel launch: ``kernel[grid](*args, **meta)``; ``outputs`` are what the pass returns."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict
+    outputs: tuple
 
 
 def _neg_coef(sigma: Optional[Tensor], like: Tensor) -> Tensor:
@@ -56,49 +97,65 @@ def _neg_coef(sigma: Optional[Tensor], like: Tensor) -> Tensor:
     return (-0.5 * LOG2E) / (sigma * sigma)
 
 
-def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
-            scale: float, with_stats: bool):
-    """Returns ``out (B, H, N, D)`` (contiguous, k's dtype), ``lse (B, H, N)`` float32 and, with
-    ``with_stats``, ``out_off (B, H, N, D)`` and ``p_off (B, H, N)`` float32 (else None)."""
+def forward_launch(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
+                   scale: float, with_stats: bool, budget: Optional[int] = None) -> Launch:
+    """The forward's launch; outputs ``out (B, H, N, D)`` (contiguous, k's dtype), ``lse (B, H, N)``
+    float32 and, with ``with_stats``, ``out_off (B, H, N, D)`` and ``p_off (B, H, N)`` float32 (else None).
+    ``budget``: shared memory per block to plan for (default: the device's)."""
     batch, heads, n_tokens, head_dim = k.shape
     out = empty_output(k.shape, like=k)
     lse = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32)
     out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
     p_off = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32) if with_stats else None
-    block_m, block_n, warps, stages = _tiles("forward", head_dim)
-    launch = (triton.cdiv(n_tokens, block_m), batch * heads)
-    kernels.nkk_fwd_kernel[launch](
-        k, v, out, lse, out_off if with_stats else lse, p_off if with_stats else lse, _neg_coef(sigma, k),
-        *k.stride(), *v.stride(), *out.stride(),
-        heads, n_tokens, grid_w, num_prefix_tokens, scale,
-        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_PRIOR=sigma is not None, WITH_STATS=with_stats, DOT_UPCAST=_dot_upcast(k.dtype),
-        INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
-    )
-    return out, lse, out_off, p_off
+    block_m, block_n, warps, stages = _tiles("forward", head_dim, k.dtype, k.device, budget)
+    args = (k, v, out, lse, out_off if with_stats else lse, p_off if with_stats else lse, _neg_coef(sigma, k),
+            *k.stride(), *v.stride(), *out.stride(), heads, n_tokens, grid_w, num_prefix_tokens, float(scale))
+    meta = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, HAS_PRIOR=sigma is not None,
+                WITH_STATS=with_stats, DOT_UPCAST=_dot_upcast(k.dtype), INPUT_PRECISION=_input_precision(k.dtype),
+                num_warps=warps, num_stages=stages)
+    grid = (triton.cdiv(n_tokens, block_m), batch * heads)
+    return Launch(kernels.nkk_fwd_kernel, grid, args, meta, (out, lse, out_off, p_off))
+
+
+def backward_launch(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor,
+                    p_diag: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
+                    need_dsigma: bool, budget: Optional[int] = None) -> Launch:
+    """The backward's launch; outputs ``dk, dv`` (k's layout and dtype) and the per-program dσ partial
+    sums ``(B, H, key blocks)`` float32 (a 1-element dummy unless ``need_dsigma``)."""
+    batch, heads, n_tokens, head_dim = k.shape
+    dk = empty_output_like(k)
+    dv = empty_output_like(v)
+    block_i, block_j, warps, stages = _tiles("backward", head_dim, k.dtype, k.device, budget)
+    n_blocks_j = triton.cdiv(n_tokens, block_j)
+    need_dsigma = need_dsigma and sigma is not None
+    partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
+    args = (k, v, dout, lse, delta, delta_diag, p_diag, dk, dv, partial, _neg_coef(sigma, k),
+            *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+            heads, n_tokens, grid_w, num_prefix_tokens, float(scale))
+    meta = dict(HEAD_DIM=head_dim, BLOCK_I=block_i, BLOCK_J=block_j, HAS_PRIOR=sigma is not None,
+                NEED_DSIGMA=need_dsigma, DOT_UPCAST=_dot_upcast(k.dtype), INPUT_PRECISION=_input_precision(k.dtype),
+                num_warps=warps, num_stages=stages)
+    return Launch(kernels.nkk_bwd_kernel, (n_blocks_j, batch * heads), args, meta, (dk, dv, partial))
+
+
+def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,
+            scale: float, with_stats: bool):
+    """Returns ``(out, lse, out_off, p_off)``, see :func:`forward_launch`."""
+    launch = forward_launch(k, v, sigma, grid_w, num_prefix_tokens, scale, with_stats)
+    launch.kernel[launch.grid](*launch.args, **launch.meta)
+    return launch.outputs
 
 
 def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
              sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
              need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
-    batch, heads, n_tokens, head_dim = k.shape
-    dk = empty_output_like(k)
-    dv = empty_output_like(v)
-    block_i, block_j, warps, stages = _tiles("backward", head_dim)
-    n_blocks_j = triton.cdiv(n_tokens, block_j)
-    need_dsigma = need_dsigma and sigma is not None
-    partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
-    kernels.nkk_bwd_kernel[(n_blocks_j, batch * heads)](
-        k, v, dout, lse, delta, delta_diag, p_diag, dk, dv, partial, _neg_coef(sigma, k),
-        *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-        heads, n_tokens, grid_w, num_prefix_tokens, scale,
-        HEAD_DIM=head_dim, BLOCK_I=block_i, BLOCK_J=block_j,
-        HAS_PRIOR=sigma is not None, NEED_DSIGMA=need_dsigma, DOT_UPCAST=_dot_upcast(k.dtype),
-        INPUT_PRECISION=_input_precision(k.dtype), num_warps=warps, num_stages=stages,
-    )
-    if need_dsigma:
+    launch = backward_launch(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, num_prefix_tokens, scale,
+                             need_dsigma)
+    launch.kernel[launch.grid](*launch.args, **launch.meta)
+    dk, dv, partial = launch.outputs
+    if need_dsigma and sigma is not None:
         dsigma = partial.sum(dim=(0, 2))  # fixed-shape reduction: deterministic
     else:
-        dsigma = torch.zeros(heads, dtype=torch.float32, device=k.device)
+        dsigma = torch.zeros(k.shape[1], dtype=torch.float32, device=k.device)
     return dk, dv, dsigma
