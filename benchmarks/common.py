@@ -106,7 +106,7 @@ class PeakRSS:
 
 def write_text(path: Path, text: str) -> None:
     """Atomic: a partial results file never replaces a complete one."""
-    from lovlanet.checkpoints import atomic_write_text
+    from kkattn._io import atomic_write_text
 
     atomic_write_text(path, text)
 

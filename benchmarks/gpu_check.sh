@@ -8,7 +8,7 @@
 #   build  installs the carried wheels, builds kkattn._C in place (CPU kernel + CUDA kernels) and
 #          prints what every backend can run here                              (≤ 300 s)
 #   test   every operator test with the GPU present: the gpu-marked ones included, the CUDA backend's
-#          (tests/test_cuda_backend.py) too, without -x so one failure hides nothing      (≤ 540 s)
+#          (tests/kkattn/test_cuda_backend.py) too, without -x so one failure hides nothing (≤ 540 s)
 #   bench  the operator benchmark (bf16/fp16) and the model benchmark (Table 6)           (≤ 540 s)
 #
 # Each stage is resumable: it builds first when the machine is fresh (the build stays on a warm machine
@@ -54,8 +54,9 @@ case "$STAGE" in
   test)
     { wheels; ensure_built
       echo "== operator tests, GPU present"
-      timeout 480 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_cuda_backend.py tests/test_backends.py \
-        tests/test_numerics.py tests/test_memory.py tests/test_validation.py tests/test_integration.py 2>&1 | tail -80
+      timeout 480 python3 -m pytest -q -rfE -p no:cacheprovider tests/kkattn/test_cuda_backend.py \
+        tests/kkattn/test_backends.py tests/kkattn/test_numerics.py tests/kkattn/test_memory.py \
+        tests/kkattn/test_validation.py tests/kkattn/test_integration.py 2>&1 | tail -80
     } 2>&1 | tee "$OUT/test.log" ;;
   bench)
     { wheels; ensure_built

@@ -213,10 +213,9 @@ def main(argv=None) -> int:
         print(f"kkattn-demo: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2, allow_nan=False)  # strict JSON
-        os.replace(tmp, args.json)  # atomic: never a half-written file
+        from ._io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2, allow_nan=False))  # strict JSON, never half-written
         print(f"\nwrote {args.json}")
     return 0
 

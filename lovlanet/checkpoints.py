@@ -6,14 +6,12 @@ target, so a crash never leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 
-PathLike = Union[str, os.PathLike]
+from kkattn._io import PathLike, atomic_write, atomic_write_text  # noqa: F401  (re-exported for lovlanet)
 
 
 class CheckpointError(ValueError):
@@ -43,34 +41,6 @@ def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
-
-
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the result should look like any new file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:

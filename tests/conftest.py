@@ -17,6 +17,18 @@ import pytest  # noqa: E402
 TRITON_DEVICE = "cuda" if HAS_GPU else "cpu"
 
 
+def backend_targets():
+    """``(params, ids)`` for ``@pytest.mark.parametrize("backend,device", ...)``: every backend the shared
+    matrix runs here — chunked, triton (GPU or interpreter) and the compiled CPU kernel when this install
+    has it (a pure-Python install skips its cases rather than pretending)."""
+    import kkattn
+
+    cpu_kernel = kkattn.available_backends()["cpu"]
+    params = [("chunked", "cpu"), ("triton", TRITON_DEVICE),
+              pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not cpu_kernel.available, reason=str(cpu_kernel)))]
+    return params, ["chunked", "triton", "cpu"]
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run on a lent GPU machine)")
     for item in items:

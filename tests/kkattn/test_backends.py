@@ -5,19 +5,14 @@ import torch
 import kkattn
 from kkattn.testing import poisoned_outputs
 
-from conftest import TRITON_DEVICE
+from conftest import backend_targets
 from helpers import Case, backend_fn, check_backend, make_inputs, off_diagonal_stats, rel_err, run_with_grads
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # The compiled CPU kernel is part of every install that built kkattn._C (CI does); a pure-Python
 # install skips its cases rather than pretending.
 _CPU_KERNEL = kkattn.available_backends()["cpu"]
-TARGETS = [
-    ("chunked", "cpu"),
-    ("triton", TRITON_DEVICE),
-    pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not _CPU_KERNEL.available, reason=str(_CPU_KERNEL))),
-]
-IDS = ["chunked", "triton", "cpu"]
+TARGETS, IDS = backend_targets()
 
 # Odd sizes on purpose: N not a multiple of the blocks (32 in the interpreter, 64 in the C++ kernel),
 # rectangular grids, prefix tokens, single-row and single-column grids, N smaller than one block.

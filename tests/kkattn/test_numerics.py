@@ -17,16 +17,10 @@ import torch
 import kkattn
 from kkattn._prior import SIGMA_MIN
 
-from conftest import TRITON_DEVICE
+from conftest import backend_targets
 from helpers import Case, backend_fn, check_backend, make_inputs, oracle, rel_err, run_with_grads
 
-_CPU_KERNEL = kkattn.available_backends()["cpu"]
-TARGETS = [
-    ("chunked", "cpu"),
-    ("triton", TRITON_DEVICE),
-    pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not _CPU_KERNEL.available, reason=str(_CPU_KERNEL))),
-]
-IDS = ["chunked", "triton", "cpu"]
+TARGETS, IDS = backend_targets()
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 # Keys ×1.5: at D = 64 the diagonal logit is ~18 against off-diagonal ~N(0, 2.25²), so 1 − P_ii ~ 1e-5;

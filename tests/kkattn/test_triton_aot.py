@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-SCRIPT = Path(__file__).resolve().parent / "triton_aot.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "triton_aot.py"
 
 
 def test_every_variant_compiles_within_its_architectures_budget(tmp_path):
