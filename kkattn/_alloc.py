@@ -35,3 +35,16 @@ def empty_output_like(t: Tensor) -> Tensor:
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of every backend: float64 for float64 inputs, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def restore(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` with ``like``'s dtype and (dense) layout — what the ops' fake implementations promise.
+
+    Backends return results in whatever dtype and layout they computed them; this is done once, in
+    ``kkattn._ops``, for every backend.
+    """
+    if t.dtype == like.dtype and t.stride() == like.stride():
+        return t
+    if like.is_contiguous():
+        return t.to(like.dtype).contiguous()
+    return empty_output_like(like).copy_(t)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from ._alloc import acc_dtype
+from ._alloc import acc_dtype, restore
 from ._prior import SIGMA_MIN
 from .backends import get_backend
 
@@ -61,6 +61,7 @@ def forward_op(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_p
     """
     out, lse, out_off, p_off = get_backend(backend).forward(
         k, v, _kernel_sigma(sigma, k.dtype), grid_w, num_prefix_tokens, scale, with_stats)
+    out = out.to(k.dtype).contiguous()  # backends may return their accumulation dtype
     if not with_stats:
         return out, lse, _empty(k), _empty(k)
     return out, lse, out_off, p_off
@@ -83,9 +84,10 @@ def backward_op(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, 
 
     ``lse, delta, delta_diag, p_diag``: ``(B, H, N)`` contiguous, accumulation dtype (see :func:`_row_deltas`).
     """
-    return get_backend(backend).backward(dout, k, v, lse, delta, delta_diag, p_diag,
-                                         _kernel_sigma(sigma, k.dtype), grid_w, num_prefix_tokens, scale,
-                                         need_dsigma)
+    dk, dv, dsigma = get_backend(backend).backward(dout, k, v, lse, delta, delta_diag, p_diag,
+                                                   _kernel_sigma(sigma, k.dtype), grid_w, num_prefix_tokens, scale,
+                                                   need_dsigma)
+    return restore(dk, k), restore(dv, v), dsigma  # k's and v's dtype and layout, for every backend
 
 
 @backward_op.register_fake

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._alloc import acc_dtype, empty_output, empty_output_like
+from .._alloc import acc_dtype, empty_output
 from .._prior import prior_from_distances, squared_distances
 
 # Rows per block: large enough for efficient GEMMs, small enough that each (B, H, rows, N)
@@ -86,7 +86,7 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
 def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
              sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float, need_dsigma: bool,
              rows: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, lse dtype; zeros unless asked).
+    """Returns ``dk, dv`` (accumulation dtype) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, lse dtype; zeros unless asked).
 
     ``dS_ij = P_ij (dP_ij − δ_i)`` off the diagonal, ``dS_ii = −P_ii δ'_i`` on it, with the saved
     ``P_ii`` (see kkattn._ops for why).
@@ -113,6 +113,4 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, del
         dk_acc += (ds.transpose(-1, -2) @ kc[:, :, start:stop]) * scale
         if need_dsigma:
             dsigma += (ds * (g * d2)).sum(dim=(0, 2, 3))
-    dk = empty_output_like(k).copy_(dk_acc)
-    dv = empty_output_like(v).copy_(dv_acc)
-    return dk, dv, dsigma
+    return dk_acc, dv_acc, dsigma  # accumulation dtype: kkattn._ops restores k's dtype and layout

@@ -1,7 +1,7 @@
 """The compiled C++ CPU kernel, ``kkattn._C`` (csrc/kkattn_cpu.cpp), behind the backend interface.
 
 The kernel computes in float32 and writes into float32 buffers allocated here (so tests can
-poison them); fp16/bf16 results are cast back to the input dtype.
+poison them); ``kkattn._ops`` casts the results back to the input dtype and layout.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._alloc import empty_output, empty_output_like
+from .._alloc import empty_output
 
 _load_error: Optional[str] = None
 _loaded = False
@@ -42,23 +42,17 @@ def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_pref
     out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
     p_off = empty_output(k.shape[:-1], like=k, dtype=torch.float32) if with_stats else None
     torch.ops.kkattn_C.forward(k, v, sigma, grid_w, num_prefix_tokens, scale, out32, lse, out_off, p_off)
-    return (out32 if k.dtype == torch.float32 else out32.to(k.dtype)), lse, out_off, p_off
-
-
-def _like(t32: Tensor, like: Tensor) -> Tensor:
-    """``t32`` with ``like``'s dtype and layout (what the op's fake implementation promises)."""
-    if like.dtype == torch.float32 and like.is_contiguous():
-        return t32
-    return empty_output_like(like).copy_(t32)
+    return out32, lse, out_off, p_off  # kkattn._ops casts out to k's dtype
 
 
 def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, delta_diag: Tensor, p_diag: Tensor,
              sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int, scale: float,
              need_dsigma: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``dk, dv`` (k's dtype and layout) and ``(H,)`` ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
+    """Returns ``dk, dv`` (float32, contiguous: kkattn._ops restores k's dtype and layout) and ``(H,)``
+    ``Σ dS·G·d²`` (= dσ·σ³, float32; zeros unless asked)."""
     dk32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dv32 = empty_output(k.shape, like=k, dtype=torch.float32)
     dsigma = empty_output((k.shape[1],), like=k, dtype=torch.float32)
     torch.ops.kkattn_C.backward(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, num_prefix_tokens, scale,
                                 need_dsigma, dk32, dv32, dsigma)
-    return _like(dk32, k), _like(dv32, v), dsigma
+    return dk32, dv32, dsigma
