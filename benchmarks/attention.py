@@ -67,10 +67,11 @@ def check_flop_formula() -> str:
 
 def methods_for(device: str) -> list[str]:
     import kkattn
+    from kkattn.backends import AUTO_ORDER
 
     status = kkattn.available_backends()
     names = []
-    for backend in (("cuda", "triton", "chunked") if device == "cuda" else ("cpu", "chunked")):
+    for backend in AUTO_ORDER[device]:
         if status[backend].available and not (backend == "triton" and device != "cuda"):
             names.append(f"kkattn-{backend}")
     names += ["reference", "sdpa+G", "flex"]

@@ -1,4 +1,4 @@
-// The math of neighborhood key–key attention shared by the compiled kernels (CPU now, CUDA later):
+// The math of neighborhood key–key attention shared by the compiled kernels (CPU and CUDA):
 // token index → grid position, the separable Gaussian prior and when it is negligible, the
 // online-softmax update and the backward's logit gradient.  Mirrors kkattn/_prior.py and the
 // Triton helpers in kkattn/backends/triton_kernels.py.

@@ -1,8 +1,9 @@
 """kkattn — fused neighborhood key–key attention.
 
 ``O = softmax(scale · K Kᵀ + G) V`` with ``G(i, j) = exp(−‖p_i − p_j‖² / (2σ²))`` over the token
-grid, generated on the fly (never an N×N matrix) by Triton kernels on GPUs and a blockwise
-PyTorch path on CPUs, with a materialized reference as the oracle.
+grid, generated on the fly (never an N×N matrix) by tensor-core CUDA kernels and Triton kernels on
+GPUs, a fused C++ kernel on CPUs and a blockwise PyTorch fallback anywhere, with a materialized
+reference as the oracle.
 
 Public API:
 

@@ -36,7 +36,7 @@ from .checkpoints import CheckpointError, PathLike, load_state_dict
 class GaussianPrior(nn.Module):
     """The materialized prior as an additive attention mask, for the query–key ``gauss`` ablation.
 
-    Shapes: ``forward(grid, n_tokens, dtype, device) -> (N, N)`` (fixed σ) or ``(1, H, N, N)`` (learnable σ).
+    Shapes: ``forward(grid, dtype, device) -> (N, N)`` (fixed σ) or ``(1, H, N, N)`` (learnable σ).
     """
 
     def __init__(self, sigma: float, num_heads: int, num_prefix_tokens: int, learnable: bool = False):

@@ -18,15 +18,20 @@ TRITON_DEVICE = "cuda" if HAS_GPU else "cpu"
 
 
 def backend_targets():
-    """``(params, ids)`` for ``@pytest.mark.parametrize("backend,device", ...)``: every backend the shared
-    matrix runs here — chunked, triton (GPU or interpreter) and the compiled CPU kernel when this install
-    has it (a pure-Python install skips its cases rather than pretending)."""
+    """``(params, ids)`` for ``@pytest.mark.parametrize("backend,device", ...)``: every backend of the
+    registry, on the device it runs on here (triton: the GPU or the interpreter); one this install
+    cannot run (no compiled kernel, no GPU) is skipped with its reason rather than pretending."""
     import kkattn
+    from kkattn.backends import _REGISTRY
 
-    cpu_kernel = kkattn.available_backends()["cpu"]
-    params = [("chunked", "cpu"), ("triton", TRITON_DEVICE),
-              pytest.param("cpu", "cpu", marks=pytest.mark.skipif(not cpu_kernel.available, reason=str(cpu_kernel)))]
-    return params, ["chunked", "triton", "cpu"]
+    status = kkattn.available_backends()
+    params, ids = [], []
+    for name, record in _REGISTRY.items():
+        device = TRITON_DEVICE if name == "triton" else record.devices[0]
+        params.append(pytest.param(name, device, marks=pytest.mark.skipif(not status[name].available,
+                                                                          reason=str(status[name]))))
+        ids.append(name)
+    return params, ids
 
 
 def pytest_collection_modifyitems(config, items):

@@ -132,9 +132,21 @@ def assert_matches(got, want, dtype: torch.dtype, what: str = "", baseline=None)
         assert err <= tol, f"{what}: {name} relative error {err:.3e} > {tol:.1e} ({dtype})"
 
 
+def require(backend: str, dtype: torch.dtype, head_dim: int) -> None:
+    """Skip when ``backend``'s declared limits (its registry record) exclude ``dtype`` or ``head_dim``:
+    the shared matrix runs every backend, and e.g. the CUDA kernels take fp16/bf16 at D 32/64/128."""
+    import pytest
+
+    from kkattn.backends import _REGISTRY
+    record = _REGISTRY.get(backend)
+    if record is not None and (dtype not in record.dtypes or (record.head_dims and head_dim not in record.head_dims)):
+        pytest.skip(f"backend {backend!r} does not take {dtype} at D = {head_dim} (its declared limits)")
+
+
 def check_backend(case: Case, backend: str, device: str, dtype: torch.dtype, inputs=None):
     """Run ``backend`` with poisoned outputs and compare forward and all gradients to the oracle."""
     from kkattn.testing import poisoned_outputs
+    require(backend, dtype, case.head_dim)
     k, v, dout, sigma = inputs or make_inputs(case, dtype, device)
     want = oracle(case, k, v, dout, sigma)
     baseline = run_with_grads(backend_fn(case, "reference"), k.cpu(), v.cpu(), dout.cpu(), sigma)

@@ -18,7 +18,7 @@ import kkattn
 from kkattn._prior import SIGMA_MIN
 
 from conftest import backend_targets
-from helpers import Case, backend_fn, check_backend, make_inputs, oracle, rel_err, run_with_grads
+from helpers import Case, backend_fn, check_backend, make_inputs, oracle, rel_err, require, run_with_grads
 
 TARGETS, IDS = backend_targets()
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -145,6 +145,7 @@ def _compiled_matches_eager(backend, device, dynamic, grid=(5, 6)):
 @pytest.mark.parametrize("backend,device", [("auto", "cpu"), ("reference", "cpu")] + TARGETS,
                          ids=["auto", "reference"] + IDS)
 def test_torch_compile_every_backend(backend, device):
+    require(backend, torch.float32, 32)
     _compiled_matches_eager(backend, device, dynamic=False)
 
 
