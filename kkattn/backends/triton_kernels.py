@@ -21,6 +21,10 @@ on the diagonal (kkattn/_ops.py says why).
 import triton
 import triton.language as tl
 
+from .._prior import LOG2E as _LOG2E
+
+LOG2E = tl.constexpr(_LOG2E)  # kkattn._prior's constant, as a compile-time constant for the kernels
+
 
 @triton.jit
 def _grid_coords(idx, grid_w, num_prefix):
@@ -78,7 +82,6 @@ def nkk_fwd_kernel(
     Writes O ``(B, H, N, D)`` and the natural-log log-sum-exp ``(B, H, N)``; with WITH_STATS also
     ``O_OFF = Σ_{k≠i} P_ik V_k`` (fp32, contiguous ``(B, H, N, D)``) and ``P_OFF = Σ_{k≠i} P_ik``.
     """
-    LOG2E: tl.constexpr = 1.4426950408889634
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
@@ -160,7 +163,6 @@ def nkk_bwd_kernel(
     a fixed loop order, bit-identical reruns.  With NEED_DSIGMA it also writes
     ``Σ_i Σ dS_iJ·G_iJ·d²_iJ`` (this program's share of dσ·σ³) to ``DSIGMA_PART[bh, J]``.
     """
-    LOG2E: tl.constexpr = 1.4426950408889634
     pid_j = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // heads).to(tl.int64)
