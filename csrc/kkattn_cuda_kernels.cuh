@@ -318,14 +318,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   const float* delta = Delta + bh * N;
   const float* delta_diag = Delta_diag + bh * N;
   const float* p_diag = P_diag + bh * N;
-  load_tile<T, D>(sKJ, K + off, j0, kBN, N);
-  if (prior.on) tile_positions(sRowJ, sColJ, j0, kBN, N, grid_w, prefix);
-  load_tile<T, D>(sVJ, V + off, j0, kBN, N);
-  load_tile<T, D>(sdOJ, dO + off, j0, kBN, N);
-  for (int r = threadIdx.x; r < kBN; r += blockDim.x) {
-    sLJ[r] = j0 + r < N ? lse[j0 + r] : 0.f;
-    sDJ[r] = j0 + r < N ? delta[j0 + r] : 0.f;
-  }
+  // One side of a tile pair, rows [t0, t0 + 64): K, V, dO, their lse and δ, and (with a prior) grid positions.
+  const auto load_side = [&](T* sK, T* sV, T* sdO, float* sL, float* sDelta, int* rows, int* cols, int64_t t0) {
+    load_tile<T, D>(sK, K + off, t0, kBN, N);
+    load_tile<T, D>(sV, V + off, t0, kBN, N);
+    load_tile<T, D>(sdO, dO + off, t0, kBN, N);
+    if (prior.on) tile_positions(rows, cols, t0, kBN, N, grid_w, prefix);
+    for (int r = threadIdx.x; r < kBN; r += blockDim.x) {
+      sL[r] = t0 + r < N ? lse[t0 + r] : 0.f;
+      sDelta[r] = t0 + r < N ? delta[t0 + r] : 0.f;
+    }
+  };
+  load_side(sKJ, sVJ, sdOJ, sLJ, sDJ, sRowJ, sColJ, j0);
   const int64_t j1 = j0 + kBN < N ? j0 + kBN : N;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_dk[D / 16], acc_dv[D / 16];
   for (int n = 0; n < D / 16; ++n) {
@@ -336,14 +340,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
 
   for (int64_t i0 = 0; i0 < N; i0 += kBM) {
     __syncthreads();  // the previous pair's products are done with the i-side tiles
-    load_tile<T, D>(sKi, K + off, i0, kBM, N);
-    if (prior.on) tile_positions(sRowI, sColI, i0, kBM, N, grid_w, prefix);
-    load_tile<T, D>(sVi, V + off, i0, kBM, N);
-    load_tile<T, D>(sdOi, dO + off, i0, kBM, N);
-    for (int r = threadIdx.x; r < kBM; r += blockDim.x) {
-      sLi[r] = i0 + r < N ? lse[i0 + r] : 0.f;
-      sDi[r] = i0 + r < N ? delta[i0 + r] : 0.f;
-    }
+    load_side(sKi, sVi, sdOi, sLi, sDi, sRowI, sColI, i0);
     __syncthreads();
     // 1. S_iJ = K_i K_Jᵀ → sA;  2. dP_iJ = dO_i V_Jᵀ → sB (before the softmax, so that dσ takes
     // dS_iJ = P_iJ (dP_iJ − δ_i) from the fp32 P: the tiny off-diagonal P of a peaked row vanish in fp16)
