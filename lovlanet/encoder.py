@@ -57,6 +57,20 @@ class GaussianPrior(nn.Module):
         return f"sigma={'learnable' if self.log_sigma is not None else self.sigma}"
 
 
+# How a block's attention takes the token grid, one adapter per attention kind, all with the signature
+# (block, x, grid) -> attention output; the block picks one when it is built, so its forward has no branch.
+def _attend_key_key(block: "EncoderBlock", x: Tensor, grid: tuple[int, int]) -> Tensor:
+    return block.attn(x, grid=grid)  # kkattn generates the prior (if any) from the grid
+
+
+def _attend_with_prior_mask(block: "EncoderBlock", x: Tensor, grid: tuple[int, int]) -> Tensor:
+    return block.attn(x, attn_mask=block.prior(grid, x.dtype, x.device))  # query–key + materialized G
+
+
+def _attend_plain(block: "EncoderBlock", x: Tensor, grid: tuple[int, int]) -> Tensor:
+    return block.attn(x)  # timm's attention, untouched (the baseline)
+
+
 class EncoderBlock(nn.Module):
     """A pre-norm ViT block built from a timm ``Block``'s parts, with the grid passed to attention.
 
@@ -77,21 +91,17 @@ class EncoderBlock(nn.Module):
         self.ls1 = block.ls1
         self.drop_path1 = block.drop_path1
         self.prior = prior
-        self.kk = isinstance(self.attn, NeighborhoodKKAttention)
+        if isinstance(self.attn, NeighborhoodKKAttention):
+            self._attend = _attend_key_key
+        else:
+            self._attend = _attend_with_prior_mask if prior is not None else _attend_plain
         self.has_mlp = mlp
         self.residual = residual or mlp
         if mlp:
             self.norm2, self.mlp, self.ls2, self.drop_path2 = block.norm2, block.mlp, block.ls2, block.drop_path2
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        h = self.norm1(x)
-        if self.kk:
-            h = self.attn(h, grid=grid)
-        elif self.prior is not None:
-            h = self.attn(h, attn_mask=self.prior(grid, h.dtype, h.device))
-        else:
-            h = self.attn(h)
-        h = self.drop_path1(self.ls1(h))
+        h = self.drop_path1(self.ls1(self._attend(self, self.norm1(x), grid)))
         x = x + h if self.residual else h
         if self.has_mlp:
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -28,10 +27,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .checkpoints import CheckpointError, atomic_write, atomic_write_text
+from .checkpoints import CheckpointError, atomic_write_text
 from .cli import add_dataclass_flags, build_config, run_cli
 from .data import TrainAugment, build_dataset, dataset_classes, normalize
+from .data.batches import Augmented, collate
+from .distributed import reduce_mean, setup_distributed
 from .evaluate import evaluate_dataset
+from .metrics_log import MetricsLog
 from .model import build_model, read_checkpoint
 
 # A configuration small enough to train on a laptop CPU in minutes (used by --small and the quickstart).
@@ -102,90 +104,40 @@ HELP = {
 }
 
 
-# ------------------------------------------------------------------------------------ distributed
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda:
-        dev = torch.device(f"cuda:{local}" if world > 1 or device in ("auto", "cuda") else device)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, dev
-
-
-def reduce_mean(value: torch.Tensor) -> float:
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return float(value)
-
-
-# ------------------------------------------------------------------------------------------ logs
-class MetricsLog:
-    """metrics.jsonl + metrics.csv (+ TensorBoard when installed); rank 0 only."""
-
-    def __init__(self, out: Path, enabled: bool):
-        self.out, self.enabled = out, enabled
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV/JSONL are enough
-                self.writer = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.out / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-
-        def write_csv(handle):
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-        atomic_write(self.out / "metrics.csv", write_csv, mode="w")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self.writer.add_scalar(key, value, row["epoch"])
-            self.writer.flush()
-
-
 # ------------------------------------------------------------------------------------------- run
-def collate(items: list[dict]) -> dict:
-    return {"image": torch.stack([i["image"] for i in items]), "mask": torch.stack([i["mask"] for i in items]),
-            "name": [i["name"] for i in items]}
+@dataclass
+class Run:
+    """Everything one training run holds: model (and its DDP wrapper), data, optimizer and schedule."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: Any
+    ddp: Any
+    params: list
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: Any
+    val_set: Any
+    steps: int
+    out: Path
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
 
 
-class _Augmented(torch.utils.data.Dataset):
-    def __init__(self, dataset, augment):
-        self.dataset, self.augment = dataset, augment
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return self.augment(self.dataset[index])
-
-
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run the training described by ``cfg``; returns the final summary (best mIoU, paths)."""
+def build_run(cfg: TrainConfig) -> Run:
+    """Process group, datasets, model, optimizer, poly schedule and loader for ``cfg``."""
     rank, world, device = setup_distributed(cfg.device)
-    is_main = rank == 0
     out = Path(cfg.out)
-    if is_main:
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
@@ -206,7 +158,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        _Augmented(train_set, TrainAugment(cfg.crop_size)), batch_size=cfg.batch_size, shuffle=sampler is None,
+        Augmented(train_set, TrainAugment(cfg.crop_size)), batch_size=cfg.batch_size, shuffle=sampler is None,
         sampler=sampler, num_workers=cfg.workers, collate_fn=collate, drop_last=len(train_set) >= cfg.batch_size * world,
         generator=generator, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
     steps = len(loader) // cfg.accumulate
@@ -216,82 +168,97 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"one epoch has no optimizer step: {len(loader)} batches, accumulate={cfg.accumulate}")
     total = steps * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / total) ** cfg.poly_power)
-
-    start_epoch, best = 0, -1.0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if cfg.resume and last_path.exists():
-        state = read_checkpoint(last_path)
-        if state["config"] != model.config.to_dict():
-            raise CheckpointError(f"{last_path} was written for another model configuration "
-                                  f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = int(state["epoch"]), float(state["best_miou"])
-        if is_main:
-            print(f"resumed from {last_path} at epoch {start_epoch} (best mIoU {best:.2f})")
-    elif cfg.resume and is_main:
-        print(f"--resume: no {last_path} yet, starting from scratch")
-
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    log = MetricsLog(out, is_main)
-    amp = cfg.amp and device.type == "cuda"
+    return Run(cfg, rank, world, device, model, ddp, params, optimizer, scheduler, loader, sampler, val_set, steps, out)
+
+
+def resume(run: Run, last_path: Path) -> tuple[int, float]:
+    """``(start epoch, best mIoU)``: from ``last_path`` when ``--resume`` and it exists, else ``(0, -1)``."""
+    if not run.cfg.resume:
+        return 0, -1.0
+    if not last_path.exists():
+        if run.is_main:
+            print(f"--resume: no {last_path} yet, starting from scratch")
+        return 0, -1.0
+    state = read_checkpoint(last_path)
+    if state["config"] != run.model.config.to_dict():
+        raise CheckpointError(f"{last_path} was written for another model configuration "
+                              f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    start_epoch, best = int(state["epoch"]), float(state["best_miou"])
+    if run.is_main:
+        print(f"resumed from {last_path} at epoch {start_epoch} (best mIoU {best:.2f})")
+    return start_epoch, best
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
+    """One epoch of optimizer steps; returns its loss (mean over steps and ranks), images/s and seconds."""
     from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch, cfg.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(3, device=device)
-        seen, began = 0, time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (is_main and progress),
-                   dynamic_ncols=True, leave=False)
-        batches = iter(loader)
-        for _ in range(steps):
-            for micro in range(cfg.accumulate):
-                batch = next(batches)
-                images = normalize(batch["image"].to(device, non_blocking=True), model.config.mean, model.config.std)
-                target = batch["mask"].to(device, non_blocking=True)
-                sync = micro == cfg.accumulate - 1 or world == 1
-                context = ddp.no_sync() if not sync else contextlib.nullcontext()
-                with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    outputs = ddp(images, train_outputs=True)  # through __call__, so DDP's hooks run
-                    loss = model.criterion(outputs, target)
-                    (loss.total / cfg.accumulate).backward()
-                sums += torch.stack([loss.total.detach(), loss.seg.detach(), loss.align.detach()]) / cfg.accumulate
-                seen += images.shape[0] * world
-            torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.total.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - began):.1f}")
-        bar.close()
-        elapsed = time.perf_counter() - began
-        train_loss = [reduce_mean(x / steps) for x in sums]
+    cfg, model, device = run.cfg, run.model, run.device
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    model.train()
+    sums = torch.zeros(3, device=device)
+    seen, began = 0, time.perf_counter()
+    bar = tqdm(total=run.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (run.is_main and progress),
+               dynamic_ncols=True, leave=False)
+    batches = iter(run.loader)
+    for _ in range(run.steps):
+        for micro in range(cfg.accumulate):
+            batch = next(batches)
+            images = normalize(batch["image"].to(device, non_blocking=True), model.config.mean, model.config.std)
+            target = batch["mask"].to(device, non_blocking=True)
+            sync = micro == cfg.accumulate - 1 or run.world == 1
+            context = run.ddp.no_sync() if not sync else contextlib.nullcontext()
+            with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
+                outputs = run.ddp(images, train_outputs=True)  # through __call__, so DDP's hooks run
+                loss = model.criterion(outputs, target)
+                (loss.total / cfg.accumulate).backward()
+            sums += torch.stack([loss.total.detach(), loss.seg.detach(), loss.align.detach()]) / cfg.accumulate
+            seen += images.shape[0] * run.world
+        torch.nn.utils.clip_grad_norm_(run.params, max_norm=1.0)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.total.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - began):.1f}")
+    bar.close()
+    elapsed = time.perf_counter() - began
+    loss, seg, align = (reduce_mean(x / run.steps) for x in sums)
+    return {"loss": loss, "loss_seg": seg, "loss_align": align, "images_per_s": seen / elapsed, "epoch_s": elapsed}
 
-        metrics = evaluate_dataset(model, val_set, tile=cfg.eval_tile or max(cfg.img_size, cfg.crop_size), device=device,
-                                   amp=amp, rank=rank, world=world, progress=False)
-        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": scheduler.get_last_lr()[0],
-               "loss": train_loss[0], "loss_seg": train_loss[1], "loss_align": train_loss[2],
-               "images_per_s": seen / elapsed, "epoch_s": elapsed,
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Run the training described by ``cfg``; returns the final summary (best mIoU, paths)."""
+    run = build_run(cfg)
+    last_path, best_path = run.out / "last.pt", run.out / "best.pt"
+    start_epoch, best = resume(run, last_path)
+    log = MetricsLog(run.out, run.is_main)
+    for epoch in range(start_epoch, cfg.epochs):
+        stats = train_one_epoch(run, epoch, progress)
+        metrics = evaluate_dataset(run.model, run.val_set, tile=cfg.eval_tile or max(cfg.img_size, cfg.crop_size),
+                                   device=run.device, amp=run.amp, rank=run.rank, world=run.world, progress=False)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps, "lr": run.scheduler.get_last_lr()[0], **stats,
                **{f"val_{k}": metrics[k] for k in ("mIoU", "mF1", "OA", "Kappa")}}
         improved = metrics["mIoU"] > best
         best = max(best, metrics["mIoU"])
-        if is_main:
+        if run.is_main:
             log.write(row)
             if improved:
-                model.save(best_path, epoch=epoch + 1, metrics=metrics)
-            model.save(last_path, epoch=epoch + 1, best_miou=best, optimizer=optimizer.state_dict(),
-                       scheduler=scheduler.state_dict(), train_config=dataclasses.asdict(cfg))
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss[0]:.4f} (seg {train_loss[1]:.4f}, align "
-                  f"{train_loss[2]:.4f}), val mIoU {metrics['mIoU']:.2f}, OA {metrics['OA']:.2f}, "
-                  f"{seen / elapsed:.1f} img/s{'  [best]' if improved else ''}")
-        if world > 1:
+                run.model.save(best_path, epoch=epoch + 1, metrics=metrics)
+            run.model.save(last_path, epoch=epoch + 1, best_miou=best, optimizer=run.optimizer.state_dict(),
+                           scheduler=run.scheduler.state_dict(), train_config=dataclasses.asdict(cfg))
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} (seg {stats['loss_seg']:.4f}, align "
+                  f"{stats['loss_align']:.4f}), val mIoU {metrics['mIoU']:.2f}, OA {metrics['OA']:.2f}, "
+                  f"{stats['images_per_s']:.1f} img/s{'  [best]' if improved else ''}")
+        if run.world > 1:
             dist.barrier()
     summary = {"best_mIoU": best, "last": str(last_path), "best": str(best_path), "epochs": cfg.epochs}
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
     return summary
 
