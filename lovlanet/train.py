@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoints import CheckpointError, atomic_write_text
+from .config import VARIANTS
 from .cli import add_dataclass_flags, build_config, run_cli
 from .data import TrainAugment, build_dataset, dataset_classes, normalize
 from .data.batches import Augmented, collate
@@ -84,7 +85,7 @@ HELP = {
     "dataset": "synthetic | loveda | gid | folder",
     "data_root": "dataset folder (not needed for synthetic)",
     "dataset_options": 'extra dataset arguments, e.g. {"background": "class"} (LoveDA) or {"tile": 1024} (GID)',
-    "variant": "baseline, kk, gauss, reduce_mlp, kk+gauss, kk+reduce_mlp, gauss+reduce_mlp, full",
+    "variant": ", ".join(VARIANTS),
     "sigma": "σ of the Gaussian prior (tokens)",
     "text_checkpoint": "open_clip state dict for the text tower (RemoteCLIP-ViT-B-32.pt)",
     "visual_checkpoint": "timm/open_clip weights for the ViT",
