@@ -71,6 +71,8 @@ class EmulatedCUDA(_CompiledCUDA):
     def status(self) -> BackendStatus:
         return BackendStatus(self.name, True, "available (host emulation of the CUDA kernels)")
 
+    report = status  # no GPU to describe
+
     def _misfit(self, head_dim, device_index) -> str:
         return ""  # the emulator's shared memory is host memory: no per-block limit to check
 

@@ -61,6 +61,10 @@ class _Backend:
     def status(self) -> BackendStatus:
         raise NotImplementedError
 
+    def report(self) -> BackendStatus:
+        """What :func:`available_backends` shows: the status, with details dispatch does not need."""
+        return self.status()
+
     def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
         return (device_type in self.devices and dtype in self.dtypes
                 and (self.head_dims is None or head_dim in self.head_dims))
@@ -186,9 +190,16 @@ class _CompiledCUDA(_Deferred):
                                  "rebuild with nvcc and a CUDA-enabled torch)")
         if not torch.cuda.is_available():
             return BackendStatus(self.name, False, "compiled, no GPU")
+        return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name()})")
+
+    def report(self) -> BackendStatus:
+        # Which head dims fit the current GPU's shared memory: for the user, not for each dispatch.
+        status = self.status()
+        if not status.available:
+            return status
         index = torch.cuda.current_device()
         fit = [d for d in self.head_dims if not _cuda_misfit(d, index)]
-        limit = impl.device_limit(index) // 1024
+        limit = self._impl().device_limit(index) // 1024
         if len(fit) == len(self.head_dims):
             where = f"head dims {', '.join(map(str, fit))} fit its {limit} KB of shared memory per block"
         else:
@@ -278,7 +289,7 @@ def available_backends() -> dict[str, BackendStatus]:
     ``str(status)`` reads like ``"triton: no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors"``.
     """
     out = {"reference": BackendStatus("reference", True, "available (materialized PyTorch, O(N²) memory)")}
-    out.update({name: b.status() for name, b in _REGISTRY.items()})
+    out.update({name: b.report() for name, b in _REGISTRY.items()})
     return out
 
 

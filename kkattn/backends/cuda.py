@@ -5,6 +5,7 @@ They take fp16/bf16 CUDA tensors with head dims 32, 64, 128 and write outputs in
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -19,6 +20,7 @@ def compiled() -> bool:
     return load() is None and "cuda" in torch.ops.kkattn_C.build_info()
 
 
+@functools.lru_cache(maxsize=None)  # a constant of the compiled library, asked on every dispatch
 def shared_memory(head_dim: int) -> tuple[int, int]:
     """Bytes of shared memory per block of the (forward, backward) kernels for ``head_dim``."""
     load()

@@ -10,7 +10,6 @@ and ``tests/triton_aot.py`` compiles the same description ahead of time for ever
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from .._alloc import empty_output, empty_output_like
 from .._prior import LOG2E
-from . import SHARED_MEMORY_PER_BLOCK, _interpreting
+from . import SHARED_MEMORY_PER_BLOCK, _gpu_shared_memory, _interpreting
 from . import triton_kernels as kernels
 
 INTERPRETED = _interpreting()
@@ -63,19 +62,13 @@ def gpu_tiles(kind: str, head_dim: int, dtype: torch.dtype, budget: int) -> tupl
     return _GPU_TILES[key]
 
 
-@functools.lru_cache(maxsize=None)
-def device_budget(index: int) -> int:
-    """Opt-in shared memory per block of CUDA device ``index``, bytes."""
-    return int(torch.cuda.get_device_properties(index).shared_memory_per_block_optin)
-
-
 def _tiles(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
            budget: Optional[int]) -> tuple[int, int, int, int]:
     if INTERPRETED and device.type == "cpu":
         # Small tiles so that test sizes (N <= 256) span several blocks and partial last blocks.
         return 32, 32, 4, 1
     if budget is None:
-        budget = device_budget(device.index if device.index is not None else torch.cuda.current_device())
+        budget = _gpu_shared_memory(device.index)
     return gpu_tiles(kind, head_dim, dtype, budget)
 
 
