@@ -14,11 +14,15 @@ from .checkpoints import CheckpointError
 from .data.common import DataError
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_texts: dict[str, str]) -> None:
-    """One ``--flag-name`` per field; defaults are SUPPRESSed so config files can sit underneath."""
+def add_dataclass_flags(parser, cls, help_texts: dict[str, str], *,
+                        only=None, dest_prefix: str = "") -> None:
+    """One ``--flag-name`` per field (or per field in ``only``), stored under ``dest_prefix + name``;
+    defaults are SUPPRESSed so config files can sit underneath."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        if only is not None and field.name not in only:
+            continue
+        flag, dest = "--" + field.name.replace("_", "-"), dest_prefix + field.name
         hint = hints[field.name]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         text = f"{help_texts.get(field.name, '')} (default: {default})".strip()
@@ -26,11 +30,13 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, help_texts: dict[s
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=text)
         elif base in (int, float, str):
-            parser.add_argument(flag, type=base, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(flag, dest=dest, metavar=field.name.upper(), type=base, default=argparse.SUPPRESS,
+                                help=text)
         else:  # dicts / tuples: JSON on the command line
-            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help=text + " [JSON]")
+            parser.add_argument(flag, dest=dest, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=text)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -50,15 +56,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"config file {path} must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
-
-
-def build_config(cls, args: argparse.Namespace, config_file: str | None):
-    values = load_config_file(config_file) if config_file else {}
-    values.update({k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cls)}})
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise DataError(f"unknown options in {config_file}: {', '.join(unknown)}")
-    return cls(**values)
 
 
 def check_variant(model, expected: str | None, checkpoint) -> None:

@@ -59,9 +59,9 @@ def main(argv=None) -> int:
         parser.error(f"--size must be a multiple of 32 and at least 64, got {args.size}")
 
     out = Path(args.out)
-    cfg = TrainConfig(dataset="synthetic", dataset_options={"size": args.size}, variant=args.variant, small=True,
-                      img_size=args.size, crop_size=args.size, batch_size=4, epochs=args.epochs, workers=args.workers,
-                      seed=args.seed, out=str(out / "train"), device="cpu")
+    cfg = TrainConfig(dataset="synthetic", dataset_options={"size": args.size}, small=True,
+                      model={"variant": args.variant, "img_size": args.size}, crop_size=args.size, batch_size=4,
+                      epochs=args.epochs, workers=args.workers, seed=args.seed, out=str(out / "train"), device="cpu")
     cfg.dataset_options["num_images"] = args.train_images
     print(f"training a small '{args.variant}' LoVLANet on {args.train_images} synthetic scenes for {args.epochs} epochs ...")
     import warnings

@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 
 from .checkpoints import CheckpointError, atomic_write_text
-from .config import VARIANTS
-from .cli import add_dataclass_flags, build_config, run_cli
+from .config import VARIANTS, LoVLANetConfig
+from .cli import add_dataclass_flags, load_config_file, run_cli
 from .data import TrainAugment, build_dataset, dataset_classes, normalize
 from .data.batches import Augmented, collate
 from .distributed import reduce_mean, setup_distributed
@@ -42,19 +42,28 @@ SMALL_MODEL = {"visual_kwargs": {"depth": 4, "embed_dim": 256, "num_heads": 4}, 
                "decoder_dim": 64}
 
 
+# LoVLANetConfig fields the trainer also takes as flags of their own (``--variant``, ...); every other
+# model field goes through ``--model '{...}'``. The model's defaults and validation stay in LoVLANetConfig.
+MODEL_FLAGS = {
+    "variant": ", ".join(VARIANTS),
+    "sigma": "σ of the Gaussian prior (tokens)",
+    "learnable_sigma": "learn σ per head and block",
+    "img_size": "size the ViT's positional embedding is stored at",
+}
+
+
 @dataclass
 class TrainConfig:
+    """One training run. ``model`` holds :class:`LoVLANetConfig` fields (the class list comes from the
+    dataset); the rest is data, optimisation and bookkeeping."""
+
     dataset: str = "synthetic"
     data_root: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    variant: str = "full"
-    sigma: float = 2.0
-    learnable_sigma: bool = False
+    model: dict = field(default_factory=dict)
+    small: bool = False
     text_checkpoint: str | None = None
     visual_checkpoint: str | None = None
-    img_size: int = 1024
-    model_options: dict = field(default_factory=dict)
-    small: bool = False
     crop_size: int = 512
     epochs: int = 60
     batch_size: int = 2
@@ -79,18 +88,43 @@ class TrainConfig:
             raise ValueError(f"crop_size must be a multiple of 32 (the patch size), got {self.crop_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a mapping of LoVLANetConfig fields, got {self.model!r}")
+        if "class_names" in self.model:
+            raise ValueError("model.class_names comes from the dataset; do not set it")
+        known = {f.name for f in dataclasses.fields(LoVLANetConfig)}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise ValueError(f"unknown model options: {', '.join(unknown)} (LoVLANetConfig fields: {', '.join(sorted(known))})")
+        self.model_config(("class",))  # validates the model fields now, before anything is built
+
+    def model_config(self, class_names) -> LoVLANetConfig:
+        """The model this run trains: :data:`SMALL_MODEL` under ``small``, then ``model``, for these classes."""
+        return LoVLANetConfig(**{**(SMALL_MODEL if self.small else {}), **self.model, "class_names": tuple(class_names)})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """From a config file's mapping; files of the flat layout (``variant``/``sigma``/``learnable_sigma``/
+        ``img_size``/``model_options`` at the top) are read into ``model``, so old runs still resume."""
+        values = dict(values)
+        model = dict(values.pop("model_options", None) or {})
+        model.update(values.get("model") or {})
+        for name in MODEL_FLAGS:
+            if name in values:
+                model[name] = values.pop(name)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**{**values, "model": model})
 
 
 HELP = {
     "dataset": "synthetic | loveda | gid | folder",
     "data_root": "dataset folder (not needed for synthetic)",
     "dataset_options": 'extra dataset arguments, e.g. {"background": "class"} (LoveDA) or {"tile": 1024} (GID)',
-    "variant": ", ".join(VARIANTS),
-    "sigma": "σ of the Gaussian prior (tokens)",
+    "model": 'other LoVLANetConfig fields, e.g. {"decoder_dim": 128, "attn_backend": "cpu"}',
     "text_checkpoint": "open_clip state dict for the text tower (RemoteCLIP-ViT-B-32.pt)",
     "visual_checkpoint": "timm/open_clip weights for the ViT",
-    "img_size": "size the ViT's positional embedding is stored at",
-    "model_options": "other LoVLANetConfig fields",
     "small": "a 4-block, 256-wide ViT for CPU experiments",
     "crop_size": "training crop (multiple of 32)",
     "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
@@ -149,10 +183,8 @@ def build_run(cfg: TrainConfig) -> Run:
     if dataset_classes(val_set) != classes:
         raise ValueError(f"train and val class lists differ: {classes} vs {dataset_classes(val_set)}")
 
-    model_options = {**(SMALL_MODEL if cfg.small else {}), **cfg.model_options}
-    model = build_model(cfg.variant, classes, cfg.img_size, text_checkpoint=cfg.text_checkpoint,
-                        visual_checkpoint=cfg.visual_checkpoint, sigma=cfg.sigma,
-                        learnable_sigma=cfg.learnable_sigma, **model_options).to(device)
+    model = build_model(config=cfg.model_config(classes), text_checkpoint=cfg.text_checkpoint,
+                        visual_checkpoint=cfg.visual_checkpoint).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -241,7 +273,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     log = MetricsLog(run.out, run.is_main)
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(run, epoch, progress)
-        metrics = evaluate_dataset(run.model, run.val_set, tile=cfg.eval_tile or max(cfg.img_size, cfg.crop_size),
+        metrics = evaluate_dataset(run.model, run.val_set, tile=cfg.eval_tile or max(run.model.config.img_size, cfg.crop_size),
                                    device=run.device, amp=run.amp, rank=run.rank, world=run.world, progress=False)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps, "lr": run.scheduler.get_last_lr()[0], **stats,
                **{f"val_{k}": metrics[k] for k in ("mIoU", "mF1", "OA", "Kappa")}}
@@ -264,17 +296,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     return summary
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lovlanet-train", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
     add_dataclass_flags(parser, TrainConfig, HELP)
-    args = parser.parse_args(argv)
-    cfg = build_config(TrainConfig, args, args.config)
+    model_flags = parser.add_argument_group("model", "LoVLANetConfig fields with flags of their own (others: --model)")
+    add_dataclass_flags(model_flags, LoVLANetConfig, MODEL_FLAGS, only=MODEL_FLAGS, dest_prefix="model.")
+    parser.add_argument("--model-options", dest="model", type=json.loads, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # the flag's name before --model; kept for existing scripts
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = train_config(args)
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config file (if any), then ``--model``, then the flags, later ones winning."""
+    values = TrainConfig.from_dict(load_config_file(args.config)) if args.config else TrainConfig()
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    model = {**values.model, **flags.pop("model", {})}
+    model.update({k.removeprefix("model."): flags.pop(k) for k in list(flags) if k.startswith("model.")})
+    return dataclasses.replace(values, **flags, model=model)
 
 
 cli_main = main  # the un-wrapped entry point (raises instead of printing "error:")

@@ -68,6 +68,37 @@ def _tile_has_prior(start_i, start_j, BLOCK_I: tl.constexpr, BLOCK_J: tl.constex
 
 
 @triton.jit
+def _load_rows(base, offs_n, offs_d, stride_n, stride_d, n_tokens, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows ``offs_n`` of an ``(N, D)`` head as ``(len, D)``, or ``(D, len)`` with TRANSPOSE (a right-hand
+    matmul operand); rows past ``n_tokens`` read as 0; fp32 with UPCAST (the interpreter's bf16 dot)."""
+    mask = offs_n < n_tokens
+    if TRANSPOSE:
+        x = tl.load(base + offs_n[None, :] * stride_n + offs_d[:, None] * stride_d, mask=mask[None, :], other=0.0)
+    else:
+        x = tl.load(base + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d, mask=mask[:, None], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _program_head(K, V, NEG_COEF, stride_kb, stride_kh, stride_vb, stride_vh, heads, HAS_PRIOR: tl.constexpr):
+    """This program's (batch·head index, batch, head), its K and V head pointers and −1/(2σ²) (0 without prior).
+
+    Both kernels put the batch·head on grid axis 1; the head offset is int64 because B·H·N·D can pass 2³¹.
+    """
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // heads).to(tl.int64)
+    h = pid_bh % heads
+    k_base = K + b * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b * stride_vb + h.to(tl.int64) * stride_vh
+    neg_coef = 0.0
+    if HAS_PRIOR:
+        neg_coef = tl.load(NEG_COEF + h)
+    return pid_bh, b, h, k_base, v_base, neg_coef
+
+
+@triton.jit
 def nkk_fwd_kernel(
     K, V, O, LSE, O_OFF, P_OFF, NEG_COEF,  # noqa: E741 (the Triton tutorial's names)
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -83,22 +114,14 @@ def nkk_fwd_kernel(
     ``O_OFF = Σ_{k≠i} P_ik V_k`` (fp32, contiguous ``(B, H, N, D)``) and ``P_OFF = Σ_{k≠i} P_ik``.
     """
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = pid_bh % heads
-    k_base = K + b * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b * stride_vb + h.to(tl.int64) * stride_vh
+    pid_bh, b, h, k_base, v_base, neg_coef = _program_head(K, V, NEG_COEF, stride_kb, stride_kh, stride_vb, stride_vh,
+                                                           heads, HAS_PRIOR)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_m = offs_m < n_tokens
-    q = tl.load(k_base + offs_m[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_m[:, None], other=0.0)
-    if DOT_UPCAST:
-        q = q.to(tl.float32)
-    neg_coef = 0.0
-    if HAS_PRIOR:
-        neg_coef = tl.load(NEG_COEF + h)
+    q = _load_rows(k_base, offs_m, offs_d, stride_kn, stride_kd, n_tokens, False, DOT_UPCAST)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)    # off-diagonal weight
@@ -107,11 +130,8 @@ def nkk_fwd_kernel(
     for start_n in range(0, n_tokens, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_tokens
-        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=mask_n[None, :], other=0.0)
-        vv = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_n[:, None], other=0.0)
-        if DOT_UPCAST:
-            kt = kt.to(tl.float32)
-            vv = vv.to(tl.float32)
+        kt = _load_rows(k_base, offs_n, offs_d, stride_kn, stride_kd, n_tokens, True, DOT_UPCAST)
+        vv = _load_rows(v_base, offs_n, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
         s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
         if HAS_PRIOR:
             if _tile_has_prior(start_m, start_n, BLOCK_M, BLOCK_N, n_tokens, grid_w, num_prefix, neg_coef):
@@ -129,7 +149,7 @@ def nkk_fwd_kernel(
         m_i = m_new
 
     l_all = l_i + d_i
-    v_m = tl.load(v_base + offs_m[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_m[:, None], other=0.0)
+    v_m = _load_rows(v_base, offs_m, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
     out = (acc + d_i[:, None] * v_m.to(tl.float32)) / l_all[:, None]
     o_base = O + b * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
@@ -164,11 +184,8 @@ def nkk_bwd_kernel(
     ``Σ_i Σ dS_iJ·G_iJ·d²_iJ`` (this program's share of dσ·σ³) to ``DSIGMA_PART[bh, J]``.
     """
     pid_j = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = pid_bh % heads
-    k_base = K + b * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b * stride_vb + h.to(tl.int64) * stride_vh
+    pid_bh, b, h, k_base, v_base, neg_coef = _program_head(K, V, NEG_COEF, stride_kb, stride_kh, stride_vb, stride_vh,
+                                                           heads, HAS_PRIOR)
     do_base = DO + b * stride_dob + h.to(tl.int64) * stride_doh
     stats_base = pid_bh.to(tl.int64) * n_tokens
 
@@ -177,20 +194,13 @@ def nkk_bwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     mask_j = offs_j < n_tokens
     # Key block J, loaded transposed (D, BLOCK_J) where it is a right-hand matmul operand.
-    kt_j = tl.load(k_base + offs_j[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=mask_j[None, :], other=0.0)
-    vt_j = tl.load(v_base + offs_j[None, :] * stride_vn + offs_d[:, None] * stride_vd, mask=mask_j[None, :], other=0.0)
-    dot_j = tl.load(do_base + offs_j[None, :] * stride_don + offs_d[:, None] * stride_dod, mask=mask_j[None, :], other=0.0)
-    if DOT_UPCAST:
-        kt_j = kt_j.to(tl.float32)
-        vt_j = vt_j.to(tl.float32)
-        dot_j = dot_j.to(tl.float32)
+    kt_j = _load_rows(k_base, offs_j, offs_d, stride_kn, stride_kd, n_tokens, True, DOT_UPCAST)
+    vt_j = _load_rows(v_base, offs_j, offs_d, stride_vn, stride_vd, n_tokens, True, DOT_UPCAST)
+    dot_j = _load_rows(do_base, offs_j, offs_d, stride_don, stride_dod, n_tokens, True, DOT_UPCAST)
     lse_j = tl.load(LSE + stats_base + offs_j, mask=mask_j, other=0.0)
     delta_j = tl.load(DELTA + stats_base + offs_j, mask=mask_j, other=0.0)
     ddiag_j = tl.load(DELTA_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
     pdiag_j = tl.load(P_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
-    neg_coef = 0.0
-    if HAS_PRIOR:
-        neg_coef = tl.load(NEG_COEF + h)
 
     dk_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
     dv_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
@@ -198,13 +208,9 @@ def nkk_bwd_kernel(
     for start_i in range(0, n_tokens, BLOCK_I):
         offs_i = start_i + tl.arange(0, BLOCK_I)
         mask_i = offs_i < n_tokens
-        k_i = tl.load(k_base + offs_i[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_i[:, None], other=0.0)
-        v_i = tl.load(v_base + offs_i[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_i[:, None], other=0.0)
-        do_i = tl.load(do_base + offs_i[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=mask_i[:, None], other=0.0)
-        if DOT_UPCAST:
-            k_i = k_i.to(tl.float32)
-            v_i = v_i.to(tl.float32)
-            do_i = do_i.to(tl.float32)
+        k_i = _load_rows(k_base, offs_i, offs_d, stride_kn, stride_kd, n_tokens, False, DOT_UPCAST)
+        v_i = _load_rows(v_base, offs_i, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
+        do_i = _load_rows(do_base, offs_i, offs_d, stride_don, stride_dod, n_tokens, False, DOT_UPCAST)
         lse_i = tl.load(LSE + stats_base + offs_i, mask=mask_i, other=0.0)
         delta_i = tl.load(DELTA + stats_base + offs_i, mask=mask_i, other=0.0)
 

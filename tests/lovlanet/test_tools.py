@@ -12,7 +12,7 @@ from PIL import Image
 from lovlanet import evaluate, predict, train
 from lovlanet.data import SyntheticLandCover
 
-TINY = ["--model-options", json.dumps({"visual_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2},
+TINY = ["--model", json.dumps({"visual_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2},
                                        "feature_blocks": [1, 1, 2, 2], "decoder_dim": 16}),
         "--dataset-options", json.dumps({"num_images": 8, "size": 64}),
         "--img-size", "64", "--crop-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
@@ -115,3 +115,21 @@ def test_ddp_two_processes_gloo(tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["metrics"]["pixels"] == 8 * 64 * 64  # both ranks' halves of val, all-reduced
     assert result.stdout.count('"best_mIoU"') == 1
+
+
+def test_train_config_nests_the_model_config(trained, tmp_path):
+    """train_config.json holds the model's fields under "model"; flat files of the earlier layout still load."""
+    saved = json.loads((trained / "train_config.json").read_text())
+    assert "variant" not in saved and saved["model"]["img_size"] == 64
+    args = train.build_parser().parse_args(["--config", str(trained / "train_config.json"), "--sigma", "3"])
+    cfg = train.train_config(args)
+    assert cfg.model["sigma"] == 3.0 and cfg.model["decoder_dim"] == 16 and cfg.epochs == saved["epochs"]
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"variant": "kk", "img_size": 64, "model_options": {"decoder_dim": 8}, "epochs": 2}))
+    cfg = train.train_config(train.build_parser().parse_args(["--config", str(flat)]))
+    assert cfg.model == {"decoder_dim": 8, "variant": "kk", "img_size": 64} and cfg.epochs == 2
+    assert cfg.model_config(["a", "b"]).variant == "kk"
+    for bad, word in (({"model": {"class_names": ["a"]}}, "dataset"), ({"model": {"depth": 2}}, "depth"),
+                      ({"model": {"sigma": -1}}, "sigma"), ({"variants": "kk"}, "variants")):
+        with pytest.raises(ValueError, match=word):
+            train.TrainConfig.from_dict(bad)
