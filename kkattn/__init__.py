@@ -10,17 +10,19 @@ Public API:
 * :func:`neighborhood_kk_attention` — the operator (autograd, ``torch.compile``, ``FlopCounterMode``).
 * :func:`gaussian_prior` — the materialized G, for references and plots.
 * :mod:`kkattn.reference` — the plain-PyTorch oracle.
-* :func:`available_backends` — what this install can run, and why not.
+* :func:`available_backends` — what this install can run, and why not; :data:`BACKEND_NAMES` — every
+  name ``backend=`` takes.
 * :class:`kkattn.nn.NeighborhoodKKAttention` — the attention module for ViT blocks.
 """
 from . import nn, reference, testing
-from .backends import BackendStatus, available_backends
+from .backends import BACKEND_NAMES, BackendStatus, available_backends
 from .functional import neighborhood_kk_attention
 from .reference import gaussian_prior
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKEND_NAMES",
     "BackendStatus",
     "available_backends",
     "gaussian_prior",

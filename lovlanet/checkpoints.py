@@ -6,6 +6,7 @@ target, so a crash never leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,13 @@ def safe_load(path: PathLike) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never do that.
+        raise CheckpointError(f"{path} holds objects other than tensors and plain containers, so it was not "
+                              f"loaded (only weights files are read)") from exc
+    except Exception as exc:  # a damaged or non-torch file: torch's first line says which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (not a torch file, or damaged): {first[:200]}") from exc
 
 
 def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:

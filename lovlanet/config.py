@@ -34,6 +34,20 @@ LOVEDA_CLASSES = ("building", "road", "water", "barren", "forest", "agriculture"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# The architectures a config may name. A config also arrives inside checkpoints, which may come from
+# anywhere: only these local model definitions are built (never a hub name, which timm and open_clip
+# would download), and only within the bounds below (a 2 KB file must not allocate 100 GB).
+VISUAL_MODELS = ("vit_base_patch32_clip_quickgelu_224", "vit_base_patch32_clip_224",
+                 "vit_base_patch16_clip_quickgelu_224", "vit_base_patch16_clip_224")
+TEXT_MODELS = ("ViT-B-32", "ViT-B-16")
+TEXT_ACTIVATIONS = ("quickgelu", "gelu")
+# visual_kwargs the encoder takes, with their bounds (ViT-L is 24 blocks, 1024 wide, 16 heads).
+VISUAL_KWARGS = {"depth": (1, 24), "embed_dim": (16, 1024), "num_heads": (1, 16)}
+MAX_IMG_SIZE = 4096        # the stored positional embedding: (4096/32)² tokens at 768 wide is 50 MB
+MAX_DECODER_DIM = 1024
+MAX_CLASSES = 256          # class indices are written as uint8 masks
+MAX_NAME_CHARS = 200       # class names and the prompt template
+
 
 def parse_variant(name: str) -> frozenset[str]:
     """``"kk+gauss"`` → ``{"kk", "gauss"}``; raises ``ValueError`` naming the valid choices."""
@@ -83,8 +97,12 @@ class LoVLANetConfig:
         align_weight: λ of the vision–language alignment loss.
         ignore_index: label value excluded from the loss.
         attn_backend: kkattn backend (``"auto"`` picks the fused kernel for the device).
-        visual_model / text_model: timm and open_clip model names.
-        visual_kwargs: overrides for ``timm.create_model`` (e.g. a small ``depth``/``embed_dim`` for tests).
+        visual_model: the timm ViT, one of :data:`VISUAL_MODELS`.
+        text_model: the open_clip text tower, one of :data:`TEXT_MODELS`.
+        text_activation: ``"quickgelu"`` (default: OpenAI CLIP's activation, which RemoteCLIP was fine-tuned
+            with) or ``"gelu"`` (what RemoteCLIP's own loading instructions build; the same weights give text
+            embeddings that differ by about 2e-3).
+        visual_kwargs: ``depth``/``embed_dim``/``num_heads`` overrides for ``timm.create_model`` (small models).
         mean / std: input normalization the visual weights expect.
     """
 
@@ -103,30 +121,71 @@ class LoVLANetConfig:
     ignore_index: int = 255
     attn_backend: str = "auto"
     visual_model: str = "vit_base_patch32_clip_quickgelu_224"
-    text_model: str = "ViT-B-32-quickgelu"
+    text_model: str = "ViT-B-32"
+    text_activation: str = "quickgelu"
     visual_kwargs: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self):
+        """Check every field's type and bounds: nothing is built from a config that fails here."""
+        if isinstance(self.text_model, str) and self.text_model.endswith("-quickgelu"):
+            # open_clip's name for the QuickGELU tower (checkpoints before text_activation existed).
+            self.text_model, self.text_activation = self.text_model.removesuffix("-quickgelu"), "quickgelu"
+        _check_choice("visual_model", self.visual_model, VISUAL_MODELS)
+        _check_choice("text_model", self.text_model, TEXT_MODELS)
+        _check_choice("text_activation", self.text_activation, TEXT_ACTIVATIONS)
+        from kkattn import BACKEND_NAMES
+
+        _check_choice("attn_backend", self.attn_backend, BACKEND_NAMES)
+        for name in ("class_names", "feature_blocks", "mean", "std"):
+            if isinstance(getattr(self, name), (str, bytes)) or not isinstance(getattr(self, name), (list, tuple)):
+                raise ValueError(f"{name} must be a list, got {getattr(self, name)!r}")
         self.class_names = tuple(self.class_names)
-        self.feature_blocks = tuple(int(b) for b in self.feature_blocks)
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
-        self.visual_kwargs = dict(self.visual_kwargs)
-        self.variant = variant_name(parse_variant(self.variant))
-        if not self.class_names or not all(isinstance(c, str) and c.strip() for c in self.class_names):
-            raise ValueError(f"class_names must be a non-empty list of non-empty strings, got {self.class_names!r}")
+        if not 1 <= len(self.class_names) <= MAX_CLASSES or not all(
+                isinstance(c, str) and c.strip() and len(c) <= MAX_NAME_CHARS for c in self.class_names):
+            raise ValueError(f"class_names must be 1 to {MAX_CLASSES} non-empty strings of at most {MAX_NAME_CHARS} "
+                             f"characters, got {_short(self.class_names)}")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names has duplicates: {self.class_names!r}")
-        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma > 0):
+        self.variant = variant_name(parse_variant(self.variant))
+        _check_int("img_size", self.img_size, 32, MAX_IMG_SIZE)
+        _check_int("decoder_dim", self.decoder_dim, 1, MAX_DECODER_DIM)
+        _check_int("ignore_index", self.ignore_index, -1, 65535)
+        for name in ("learnable_sigma", "freeze_text", "class_token", "last_block_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not (_is_number(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma!r}")
-        if self.prompt_template.count("{}") != 1:
-            raise ValueError(f"prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
-        if len(self.feature_blocks) != 4 or sorted(self.feature_blocks) != list(self.feature_blocks) \
-                or self.feature_blocks[0] < 1:
-            raise ValueError(f"feature_blocks must be four increasing 1-based block numbers, got {self.feature_blocks}")
-        if self.img_size <= 0 or self.decoder_dim <= 0:
-            raise ValueError("img_size and decoder_dim must be positive")
+        if not (_is_number(self.align_weight) and self.align_weight >= 0):
+            raise ValueError(f"align_weight must be a finite number ≥ 0, got {self.align_weight!r}")
+        if not isinstance(self.prompt_template, str) or self.prompt_template.count("{}") != 1 \
+                or len(self.prompt_template) > MAX_NAME_CHARS:
+            raise ValueError(f"prompt_template must contain exactly one '{{}}' (at most {MAX_NAME_CHARS} characters), "
+                             f"got {_short(self.prompt_template)}")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(_is_number(x) for x in self.mean + self.std) \
+                or min(self.std) <= 0:
+            raise ValueError(f"mean and std must be three finite numbers each (std > 0), got {self.mean}, {self.std}")
+        if not isinstance(self.visual_kwargs, dict):
+            raise ValueError(f"visual_kwargs must be a mapping, got {_short(self.visual_kwargs)}")
+        self.visual_kwargs = dict(self.visual_kwargs)
+        for key, value in self.visual_kwargs.items():
+            if key not in VISUAL_KWARGS:
+                raise ValueError(f"visual_kwargs takes {', '.join(VISUAL_KWARGS)}, got {_short(key)}")
+            _check_int(f"visual_kwargs.{key}", value, *VISUAL_KWARGS[key])
+        heads = self.visual_kwargs.get("num_heads", 12)
+        if self.visual_kwargs.get("embed_dim", 768) % heads:
+            raise ValueError(f"visual_kwargs.embed_dim must be a multiple of num_heads ({heads}), "
+                             f"got {self.visual_kwargs.get('embed_dim', 768)}")
+        self.feature_blocks = tuple(self.feature_blocks)
+        depth = self.visual_kwargs.get("depth", 12)
+        if len(self.feature_blocks) != 4 or not all(isinstance(b, int) and not isinstance(b, bool)
+                                                    for b in self.feature_blocks) \
+                or sorted(self.feature_blocks) != list(self.feature_blocks) or self.feature_blocks[0] < 1 \
+                or self.feature_blocks[-1] != depth:
+            raise ValueError(f"feature_blocks must be four increasing 1-based block numbers ending at the last block "
+                             f"({depth}), got {_short(self.feature_blocks)}")
 
     @property
     def components(self) -> frozenset[str]:
@@ -145,10 +204,13 @@ class LoVLANetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LoVLANetConfig":
+        """From :meth:`to_dict`'s form; raises ``ValueError`` for anything else (unknown fields, bad values)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a LoVLANetConfig must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
-            raise ValueError(f"unknown LoVLANetConfig fields: {', '.join(unknown)}")
+            raise ValueError(f"unknown LoVLANetConfig fields: {_short(', '.join(unknown))}")
         return cls(**data)
 
     def to_json(self, indent: Optional[int] = 2) -> str:
@@ -157,3 +219,23 @@ class LoVLANetConfig:
     @classmethod
     def from_json(cls, text: str) -> "LoVLANetConfig":
         return cls.from_dict(json.loads(text))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: values from files go into one-line error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {_short(value)}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {_short(value)}")

@@ -196,6 +196,11 @@ class NeighborhoodKKEncoder(nn.Module):
             state.pop("cls_token", None)
             if "pos_embed" in state and state["pos_embed"].shape[1] == vit.pos_embed.shape[1] + 1:
                 state["pos_embed"] = state["pos_embed"][:, 1:]
+        own = vit.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise CheckpointError(f"{path} does not fit the visual encoder: {wrong[0]} is {tuple(state[wrong[0]].shape)} "
+                                  f"in the file, {tuple(own[wrong[0]].shape)} in the model (another width or depth?)")
         missing, unexpected = vit.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{path} does not fit the visual encoder (missing: {', '.join(missing[:6]) or '-'}; "

@@ -30,7 +30,7 @@ class LoVLANet(nn.Module):
         super().__init__()
         self.config = config
         components = config.components
-        self.text_encoder = TextEncoder(config.text_model, text_checkpoint)
+        self.text_encoder = TextEncoder(config.text_model, text_checkpoint, config.text_activation)
         self.encoder = NeighborhoodKKEncoder(
             config.visual_model, components=components, img_size=config.img_size, sigma=config.sigma,
             learnable_sigma=config.learnable_sigma, class_token=config.class_token,
@@ -147,7 +147,10 @@ def load_model(path: PathLike, *, map_location="cpu", expect: Optional[LoVLANetC
     ``expect``: raise :class:`CheckpointError` if the checkpoint's variant or class list differ from it.
     """
     checkpoint = read_checkpoint(path)
-    config = LoVLANetConfig.from_dict(checkpoint["config"])
+    try:  # the config is checked (architectures, bounds) before anything is built from it
+        config = LoVLANetConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has an invalid model config: {exc}") from exc
     if expect is not None:
         for name in ("variant", "class_names"):
             if getattr(expect, name) != getattr(config, name):
@@ -171,4 +174,9 @@ def read_checkpoint(path: PathLike) -> dict:
     checkpoint = safe_load(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a LoVLANet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(f"{path} is damaged: it has no model config")
+    model = checkpoint.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise CheckpointError(f"{path} is damaged: it has no model weights (a mapping of names to tensors)")
     return checkpoint

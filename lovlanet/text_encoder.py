@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .checkpoints import CheckpointError, PathLike, load_state_dict
 
 
-def _create_clip(model_name: str) -> nn.Module:
+def _create_clip(model_name: str, quick_gelu: bool) -> nn.Module:
     import logging
 
     import open_clip
@@ -23,18 +23,20 @@ def _create_clip(model_name: str) -> nn.Module:
         # The visual tower is deleted right after: build a one-layer stand-in instead of 88 M parameters.
         tiny_visual = dict(open_clip.get_model_config(model_name)["vision_cfg"], layers=1, width=64, head_width=64,
                            image_size=32, patch_size=32)
-        return open_clip.create_model(model_name, pretrained=None, vision_cfg=tiny_visual,
+        return open_clip.create_model(model_name, pretrained=None, vision_cfg=tiny_visual, force_quick_gelu=quick_gelu,
                                       device=torch.get_default_device())  # "meta" under summary's context
     finally:
         logger.setLevel(level)
 
 
 class TextEncoder(nn.Module):
-    """The text half of an open_clip CLIP (``ViT-B-32-quickgelu`` for RemoteCLIP), tokenizer included.
+    """The text half of an open_clip CLIP (``ViT-B-32`` for RemoteCLIP), tokenizer included.
 
     Args:
-        model_name: open_clip model name. RemoteCLIP was tuned from OpenAI CLIP, which uses QuickGELU:
-            the plain ``ViT-B-32`` would load the same weights and compute something else.
+        model_name: open_clip model name (a local definition: nothing is downloaded).
+        activation: ``"quickgelu"`` or ``"gelu"``. RemoteCLIP was fine-tuned from OpenAI CLIP, which uses
+            QuickGELU; RemoteCLIP's own loading instructions build plain GELU. Both load the same weights;
+            the text embeddings differ by about 2e-3.
         checkpoint: a local open_clip state dict (e.g. ``RemoteCLIP-ViT-B-32.pt``); ``visual.*`` keys are
             ignored, any other missing or unexpected key is an error naming it. ``None``: random weights
             (a warning says so).
@@ -42,11 +44,14 @@ class TextEncoder(nn.Module):
     Shapes: ``forward(prompts: list[str]) -> (len(prompts), embed_dim)``, rows of unit norm.
     """
 
-    def __init__(self, model_name: str = "ViT-B-32-quickgelu", checkpoint: Optional[PathLike] = None):
+    def __init__(self, model_name: str = "ViT-B-32", checkpoint: Optional[PathLike] = None,
+                 activation: str = "quickgelu"):
         super().__init__()
         import open_clip
 
-        clip = _create_clip(model_name)
+        if activation not in ("quickgelu", "gelu"):
+            raise ValueError(f"activation must be 'quickgelu' or 'gelu', got {activation!r}")
+        clip = _create_clip(model_name, activation == "quickgelu")
         del clip.visual  # encode_text never touches it; 88 M parameters we do not need
         self.clip = clip
         self.model_name = model_name

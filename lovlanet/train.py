@@ -215,7 +215,11 @@ def resume(run: Run, last_path: Path) -> tuple[int, float]:
             print(f"--resume: no {last_path} yet, starting from scratch")
         return 0, -1.0
     state = read_checkpoint(last_path)
-    if state["config"] != run.model.config.to_dict():
+    try:
+        saved = LoVLANetConfig.from_dict(state["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"{last_path} has an invalid model config: {exc}") from exc
+    if saved != run.model.config:
         raise CheckpointError(f"{last_path} was written for another model configuration "
                               f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
     run.model.load_state_dict(state["model"])

@@ -51,6 +51,23 @@ def test_text_encoder_equals_open_clip_encode_text(clip_checkpoint):
     assert not any(k.startswith("visual") for k in text.state_dict())
 
 
+def test_text_activation_gelu_is_what_remoteclip_instructions_build(clip_checkpoint):
+    """``text_activation="gelu"`` equals open_clip's plain ``ViT-B-32`` loaded with the same weights (RemoteCLIP's
+    README), and differs from the QuickGELU default by the small amount the README quotes."""
+    clip, path = clip_checkpoint
+    import open_clip
+
+    plain = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    plain.load_state_dict(clip.state_dict())
+    prompts = ["a satellite image of building", "a satellite image of road"]
+    with torch.no_grad():
+        gelu = TextEncoder("ViT-B-32", path, activation="gelu").eval()(prompts)
+        quick = TextEncoder("ViT-B-32", path, activation="quickgelu").eval()(prompts)
+        ref = plain.encode_text(open_clip.get_tokenizer("ViT-B-32")(prompts), normalize=True)
+    torch.testing.assert_close(gelu, ref, rtol=0, atol=1e-6)
+    assert 1e-4 < (gelu - quick).abs().max() < 1e-2
+
+
 def test_text_checkpoint_errors_name_the_key_and_file(clip_checkpoint, tmp_path):
     clip, _ = clip_checkpoint
     state = clip.state_dict()
