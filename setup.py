@@ -1,8 +1,12 @@
 """Build script: the Python packages always; the C++/CUDA extension ``kkattn._C`` when csrc/ has sources.
 
 ``KKATTN_BUILD_EXT=0`` skips the extension, ``=1`` requires it (the build fails if it can't). The
-default (unset) builds it when csrc/ holds sources and torch is importable, and otherwise prints
-one line saying why it is skipped: the package works without it.
+default (unset) builds it, and stops with an error naming the fix when torch is not importable at
+build time: that is what a plain ``pip install .`` does (build isolation hides the installed torch),
+and pip shows a build's output only when it fails, so a skipped kernel would otherwise go unnoticed
+and leave a package several times slower. FlashAttention makes the same choice (it needs
+``--no-build-isolation``). Building against a torch fetched into the isolated environment is not an
+option: the extension's ABI must match the torch it runs with.
 
 The CUDA kernels (csrc/*.cu) are compiled into the same extension when torch is a CUDA build and
 nvcc is found (``CUDA_HOME``, else /usr/local/cuda, else ``nvcc`` on PATH); ``KKATTN_BUILD_CUDA=0/1``
@@ -17,6 +21,7 @@ import sys
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+NO_TORCH = "torch is not importable at build time"
 
 
 def _extension():
@@ -32,7 +37,13 @@ def _extension():
         try:
             import torch  # noqa: F401  (needs --no-build-isolation to see the installed torch)
         except ImportError:
-            reason = "torch is not importable at build time (install with --no-build-isolation)"
+            reason = NO_TORCH
+    if reason == NO_TORCH:
+        raise SystemExit(
+            "error: kkattn's C++ kernel is compiled against your installed torch, which this build cannot see "
+            "(pip's build isolation). Install torch first, then: pip install --no-build-isolation <this package>   "
+            "(or set KKATTN_BUILD_EXT=0 to install without the kernel: CPU attention then runs the slower "
+            "'chunked' fallback)")
     if reason:
         if switch == "1":
             raise RuntimeError(f"KKATTN_BUILD_EXT=1 but the extension cannot be built: {reason}")

@@ -11,11 +11,11 @@ Public API:
 * :func:`gaussian_prior` — the materialized G, for references and plots.
 * :mod:`kkattn.reference` — the plain-PyTorch oracle.
 * :func:`available_backends` — what this install can run, and why not; :data:`BACKEND_NAMES` — every
-  name ``backend=`` takes.
+  name ``backend=`` takes; :class:`KernelNotBuiltWarning` — ``auto`` fell back for want of a kernel.
 * :class:`kkattn.nn.NeighborhoodKKAttention` — the attention module for ViT blocks.
 """
 from . import nn, reference, testing
-from .backends import BACKEND_NAMES, BackendStatus, available_backends
+from .backends import BACKEND_NAMES, BackendStatus, KernelNotBuiltWarning, available_backends
 from .functional import neighborhood_kk_attention
 from .reference import gaussian_prior
 
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKEND_NAMES",
     "BackendStatus",
+    "KernelNotBuiltWarning",
     "available_backends",
     "gaussian_prior",
     "neighborhood_kk_attention",

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,9 +66,13 @@ class _Backend:
         """What :func:`available_backends` shows: the status, with details dispatch does not need."""
         return self.status()
 
-    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
+    def declares(self, device_type: str, dtype: torch.dtype, head_dim) -> bool:
+        """Whether inputs are within the declared limits (device, dtype, head dim), whatever this install has."""
         return (device_type in self.devices and dtype in self.dtypes
                 and (self.head_dims is None or head_dim in self.head_dims))
+
+    def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
+        return self.declares(device_type, dtype, head_dim)
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         """Raise a ValueError/TypeError naming what these inputs break."""
@@ -294,11 +299,40 @@ def available_backends() -> dict[str, BackendStatus]:
 
 
 def _auto_choice(device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> str:
-    """The first backend of the device's auto order that is available and takes these inputs."""
-    for name in AUTO_ORDER.get(device_type, ("chunked",)):
+    """The first backend of the device's auto order that is available and takes these inputs.
+
+    Falling back to ``chunked`` because this install lacks a kernel that would take the inputs (a
+    ``pip install`` that skipped the build, no triton) warns once per device type, naming the fix.
+    """
+    order = AUTO_ORDER.get(device_type, ("chunked",))
+    for name in order:
+        if name == "chunked":
+            break
         if not _unavailable_reason(name) and _REGISTRY[name].accepts(device_type, dtype, head_dim, device_index):
             return name
+    missing = [f"{name}: {_unavailable_reason(name)}" for name in order
+               if name != "chunked" and _unavailable_reason(name) and _REGISTRY[name].declares(device_type, dtype, head_dim)]
+    if missing:
+        _warn_slow_fallback(device_type, "; ".join(missing))
     return "chunked"
+
+
+class KernelNotBuiltWarning(UserWarning):
+    """``backend="auto"`` runs the slow ``chunked`` fallback because this install lacks a compiled kernel."""
+
+
+_warned_fallback: set = set()
+
+
+@torch.compiler.assume_constant_result
+def _warn_slow_fallback(device_type: str, why: str) -> bool:
+    # Once per device type and process (under torch.compile: once, while tracing).
+    if device_type not in _warned_fallback:
+        _warned_fallback.add(device_type)
+        warnings.warn(f"kkattn: backend='auto' runs the 'chunked' fallback on {device_type} tensors, several times "
+                      f"slower than the fused kernel this install lacks ({why}). kkattn.available_backends() lists "
+                      "what runs.", KernelNotBuiltWarning, stacklevel=2)
+    return True
 
 
 def resolve(name: str, k: Tensor) -> str:

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from .._alloc import empty_output
 
+# How to get the kernel: pip builds it only when it can see the installed torch (see setup.py).
+REBUILD = "reinstall kkattn from its source folder with torch installed: pip install --no-build-isolation ."
 _load_error: Optional[str] = None
 _loaded = False
 
@@ -24,12 +26,12 @@ def load() -> Optional[str]:
         _loaded = True
         spec = importlib.util.find_spec("kkattn._C")
         if spec is None or spec.origin is None:
-            _load_error = "not compiled (this install has no kkattn._C extension)"
+            _load_error = f"not compiled: this install has no kkattn._C extension; {REBUILD}"
         else:
             try:
                 torch.ops.load_library(spec.origin)
             except (OSError, RuntimeError) as err:  # e.g. built against another torch
-                _load_error = f"kkattn._C failed to load ({err}); reinstall kkattn against this torch"
+                _load_error = f"kkattn._C failed to load ({str(err).splitlines()[0]}); {REBUILD}"
     return _load_error
 
 
