@@ -1,34 +1,89 @@
-"""The training metrics log: one row per epoch to metrics.jsonl and metrics.csv (+ TensorBoard)."""
+"""The training metrics log: one row per epoch in metrics.jsonl and metrics.csv (+ TensorBoard).
+
+Both files are rewritten atomically on every row (they hold one row per epoch: tiny), so a kill
+never leaves half a line. A damaged line from elsewhere (an editor, an old version) is reported
+with the file and line number and skipped, never fatal. Rows are keyed by epoch: a resumed run
+first truncates the log to its checkpoint's epoch, so epochs never repeat.
+"""
 from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import atomic_write
+from .checkpoints import atomic_write, atomic_write_text
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None``: JSON has no NaN (``json.dumps`` would write bare ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 class MetricsLog:
-    """metrics.jsonl + metrics.csv (+ TensorBoard when installed); rank 0 only."""
+    """metrics.jsonl + metrics.csv (+ TensorBoard when installed); writes only when ``enabled`` (rank 0)."""
 
     def __init__(self, out: Path, enabled: bool):
-        self.out, self.enabled = out, enabled
+        self.out, self.enabled = Path(out), enabled
+        self.path = self.out / "metrics.jsonl"
         self.writer = None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tensorboard"))
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
             except Exception:  # tensorboard not installed: CSV/JSONL are enough
                 self.writer = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows on disk, in order; damaged lines are reported and skipped."""
+        if not self.path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    raise ValueError("not a row with an integer 'epoch'")
+            except ValueError as exc:
+                warnings.warn(f"{self.path} line {number} is damaged ({exc}); skipped", stacklevel=2)
+                continue
+            rows.append(row)
+        return rows
+
+    def truncate(self, epoch: int, row: dict[str, Any] | None = None) -> None:
+        """Keep the rows of epochs ≤ ``epoch`` (what a checkpoint of that epoch has seen), adding that
+        epoch's ``row`` when the log lacks it (a kill between the checkpoint and its row)."""
+        if not self.enabled:
+            return
+        rows = [r for r in self.rows() if r["epoch"] <= epoch]
+        if row is not None and not any(r["epoch"] == epoch for r in rows):
+            rows.append(row)
+        self._write(rows)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.out / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        rows = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines() if line]
+        row = strict_json(row)
+        self._write([r for r in self.rows() if r["epoch"] < row["epoch"]] + [row])
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
         keys = list(dict.fromkeys(k for r in rows for k in r))
 
         def write_csv(handle):
@@ -37,8 +92,3 @@ class MetricsLog:
             writer.writerows(rows)
 
         atomic_write(self.out / "metrics.csv", write_csv, mode="w")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self.writer.add_scalar(key, value, row["epoch"])
-            self.writer.flush()

@@ -8,8 +8,9 @@ Examples:
     torchrun --nproc-per-node 4 -m lovlanet.train --config runs/loveda.yaml
 
 Every epoch writes ``last.pt`` (model, optimizer, schedule, progress) atomically, keeps ``best.pt``
-(best validation mIoU), and appends a row to ``metrics.csv`` and ``metrics.jsonl`` (TensorBoard
-events too when ``tensorboard`` is installed). ``--resume`` continues from ``OUT/last.pt``.
+(best validation mIoU), then adds a row to ``metrics.csv`` and ``metrics.jsonl`` (TensorBoard
+events too when ``tensorboard`` is installed). ``--resume`` continues from ``OUT/last.pt``;
+``--overwrite`` replaces a run already in ``OUT``, which is otherwise refused (see run_folder.py).
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from .data import TrainAugment, build_dataset, dataset_classes, normalize
 from .data.batches import Augmented, collate
 from .distributed import reduce_mean, setup_distributed
 from .evaluate import evaluate_dataset
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, strict_json
 from .model import build_model, read_checkpoint
+from .run_folder import RunFolder
 
 # A configuration small enough to train on a laptop CPU in minutes (used by --small and the quickstart).
 SMALL_MODEL = {"visual_kwargs": {"depth": 4, "embed_dim": 256, "num_heads": 4}, "feature_blocks": [1, 2, 3, 4],
@@ -78,6 +80,7 @@ class TrainConfig:
     eval_tile: int | None = None
     out: str = "runs/lovlanet"
     resume: bool = False
+    overwrite: bool = False
     device: str = "auto"
 
     def __post_init__(self):
@@ -135,6 +138,7 @@ HELP = {
     "eval_tile": "sliding-window size for validation (default: whole images up to img_size)",
     "out": "output folder (checkpoints, metrics)",
     "resume": "continue from OUT/last.pt",
+    "overwrite": "replace the run already in OUT (its checkpoints and metrics)",
     "device": "auto | cpu | cuda | cuda:N",
 }
 
@@ -158,6 +162,7 @@ class Run:
     val_set: Any
     steps: int
     out: Path
+    folder: RunFolder
 
     @property
     def is_main(self) -> bool:
@@ -171,10 +176,10 @@ class Run:
 def build_run(cfg: TrainConfig) -> Run:
     """Process group, datasets, model, optimizer, poly schedule and loader for ``cfg``."""
     rank, world, device = setup_distributed(cfg.device)
-    out = Path(cfg.out)
+    folder = RunFolder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        folder.check()  # before any work; the folder is created only once data and model are built
+    out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
     train_set = build_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
@@ -203,16 +208,24 @@ def build_run(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / total) ** cfg.poly_power)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    return Run(cfg, rank, world, device, model, ddp, params, optimizer, scheduler, loader, sampler, val_set, steps, out)
+    if rank == 0:
+        folder.claim()
+        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    return Run(cfg, rank, world, device, model, ddp, params, optimizer, scheduler, loader, sampler, val_set, steps, out,
+               folder)
 
 
-def resume(run: Run, last_path: Path) -> tuple[int, float]:
-    """``(start epoch, best mIoU)``: from ``last_path`` when ``--resume`` and it exists, else ``(0, -1)``."""
+def resume(run: Run, last_path: Path, log: MetricsLog) -> tuple[int, float]:
+    """``(start epoch, best mIoU)``: from ``last_path`` when ``--resume`` and it exists, else ``(0, -1)``.
+
+    The metrics log is cut back to the checkpoint's epoch (rows written after it are redone).
+    """
     if not run.cfg.resume:
         return 0, -1.0
     if not last_path.exists():
         if run.is_main:
             print(f"--resume: no {last_path} yet, starting from scratch")
+        log.truncate(0)
         return 0, -1.0
     state = read_checkpoint(last_path)
     try:
@@ -226,6 +239,7 @@ def resume(run: Run, last_path: Path) -> tuple[int, float]:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     start_epoch, best = int(state["epoch"]), float(state["best_miou"])
+    log.truncate(start_epoch, state.get("metrics_row"))
     if run.is_main:
         print(f"resumed from {last_path} at epoch {start_epoch} (best mIoU {best:.2f})")
     return start_epoch, best
@@ -272,9 +286,17 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Run the training described by ``cfg``; returns the final summary (best mIoU, paths)."""
     run = build_run(cfg)
+    try:
+        return _train(run, progress)
+    finally:
+        run.folder.release()
+
+
+def _train(run: Run, progress: bool) -> dict:
+    cfg = run.cfg
     last_path, best_path = run.out / "last.pt", run.out / "best.pt"
-    start_epoch, best = resume(run, last_path)
     log = MetricsLog(run.out, run.is_main)
+    start_epoch, best = resume(run, last_path, log)
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(run, epoch, progress)
         metrics = evaluate_dataset(run.model, run.val_set, tile=cfg.eval_tile or max(run.model.config.img_size, cfg.crop_size),
@@ -284,11 +306,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         improved = metrics["mIoU"] > best
         best = max(best, metrics["mIoU"])
         if run.is_main:
-            log.write(row)
+            # Checkpoints first, then the row: a kill in between loses no epoch on --resume (last.pt
+            # carries its row) and never repeats one.
             if improved:
-                run.model.save(best_path, epoch=epoch + 1, metrics=metrics)
+                run.model.save(best_path, epoch=epoch + 1, metrics=strict_json(metrics))
             run.model.save(last_path, epoch=epoch + 1, best_miou=best, optimizer=run.optimizer.state_dict(),
-                           scheduler=run.scheduler.state_dict(), train_config=dataclasses.asdict(cfg))
+                           scheduler=run.scheduler.state_dict(), train_config=dataclasses.asdict(cfg),
+                           metrics_row=strict_json(row))
+            log.write(row)
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} (seg {stats['loss_seg']:.4f}, align "
                   f"{stats['loss_align']:.4f}), val mIoU {metrics['mIoU']:.2f}, OA {metrics['OA']:.2f}, "
                   f"{stats['images_per_s']:.1f} img/s{'  [best]' if improved else ''}")

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import inspect
+
 from .common import IGNORE_INDEX, DataError, read_image
 from .folder import ImageFolder
 from .gid import GID, GID_CLASSES, GID_COLOURS
@@ -18,10 +20,17 @@ DATASETS = ("synthetic", "loveda", "gid", "folder")
 def build_dataset(name: str, root=None, split: str = "train", **options):
     """A dataset by name. ``options`` go to its class (e.g. ``background=`` for LoveDA, ``tile=`` for GID)."""
     key = name.lower()
-    if key == "synthetic":
-        return SyntheticLandCover(split, **options)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+    cls = {"synthetic": SyntheticLandCover, "loveda": LoveDA, "gid": GID, "folder": ImageFolder}[key]
+    takes = [n for n, p in inspect.signature(cls).parameters.items()
+             if p.kind is p.KEYWORD_ONLY or (p.default is not p.empty and n not in ("root", "split"))]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise DataError(f"unknown dataset option(s) for {key}: {', '.join(map(str, unknown))} "
+                        f"(it takes {', '.join(takes) or 'none'})")
+    if key == "synthetic":
+        return SyntheticLandCover(split, **options)
     if root is None:
         raise ValueError(f"dataset {name!r} needs a root folder (--data-root)")
     if key == "loveda":

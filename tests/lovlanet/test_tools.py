@@ -11,18 +11,7 @@ from PIL import Image
 
 from lovlanet import evaluate, predict, train
 from lovlanet.data import SyntheticLandCover
-
-TINY = ["--model", json.dumps({"visual_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2},
-                                       "feature_blocks": [1, 1, 2, 2], "decoder_dim": 16}),
-        "--dataset-options", json.dumps({"num_images": 8, "size": 64}),
-        "--img-size", "64", "--crop-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert train.cli_main(["--epochs", "1", "--out", str(out), *TINY]) == 0
-    return out
+from tiny_run import TINY
 
 
 def test_train_writes_checkpoints_and_logs_then_resumes(trained, capsys):
