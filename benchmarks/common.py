@@ -1,7 +1,6 @@
 """What both benchmarks share: the machine's description, timing, peak memory, result files, plots."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -124,7 +123,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str))
+    from kkattn._io import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def ratio_text(mine: float, other: float) -> str:

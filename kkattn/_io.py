@@ -4,6 +4,8 @@ Shared by kkattn's demo, the benchmarks and lovlanet, so there is one implementa
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,3 +40,19 @@ def _umask() -> int:
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None``: JSON has no NaN (``json.dumps`` would write a bare ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: PathLike, data: Any, indent: int | None = 2) -> Path:
+    """Strict JSON (NaN/inf as null; other objects as their ``str``), written atomically."""
+    return atomic_write_text(path, json.dumps(strict_json(data), indent=indent, allow_nan=False, default=str) + "\n")

@@ -7,7 +7,6 @@ against the float64 reference, as a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -213,9 +212,9 @@ def main(argv=None) -> int:
         print(f"kkattn-demo: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        from ._io import atomic_write_text
+        from ._io import atomic_write_json
 
-        atomic_write_text(args.json, json.dumps(result, indent=2, allow_nan=False))  # strict JSON, never half-written
+        atomic_write_json(args.json, result)  # strict JSON, never half-written
         print(f"\nwrote {args.json}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -12,6 +13,66 @@ from typing import Any, Callable
 
 from .checkpoints import CheckpointError
 from .data.common import DataError
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one ``error:`` line (exit 2), like every other failure of the tools."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def tile_size(text: str) -> int:
+    """A sliding-window size: a positive multiple of the patch size (32)."""
+    value = int(text)
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32 (the patch size), got {text}")
+    return value
+
+
+def fraction(low: float, high: float, high_open: bool = False):
+    """An argparse type for a float in [low, high] (or [low, high))."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (low <= value and (value < high if high_open else value <= high)):
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}{')' if high_open else ']'}, got {text}")
+        return value
+    parse.__name__ = "number"  # what argparse names in "invalid number value"
+    return parse
+
+
+def json_object(text: str) -> dict:
+    """An argparse type for a JSON object (``--dataset-options``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text}")
+    return value
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Raise :class:`DataError` unless ``path`` is, or can be created as, a writable folder; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"{flag} {path} is under a file ({existing})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {path}: {existing} is not writable")
+    return path
 
 
 def add_dataclass_flags(parser, cls, help_texts: dict[str, str], *,
@@ -35,8 +96,8 @@ def add_dataclass_flags(parser, cls, help_texts: dict[str, str], *,
         elif base in (int, float, str):
             parser.add_argument(flag, dest=dest, metavar=field.name.upper(), type=base, default=argparse.SUPPRESS,
                                 help=text)
-        else:  # dicts / tuples: JSON on the command line
-            parser.add_argument(flag, dest=dest, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=text)
+        else:  # dicts: JSON on the command line
+            parser.add_argument(flag, dest=dest, metavar="JSON", type=json_object, default=argparse.SUPPRESS, help=text)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -82,6 +143,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv=None) -> int:
     """Run ``main``; expected failures print one ``error:`` line and exit 2 instead of a traceback."""
     try:
         return main(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error, already printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
     except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,8 @@ TEXT_MODELS = ("ViT-B-32", "ViT-B-16")
 TEXT_ACTIVATIONS = ("quickgelu", "gelu")
 # visual_kwargs the encoder takes, with their bounds (ViT-L is 24 blocks, 1024 wide, 16 heads).
 VISUAL_KWARGS = {"depth": (1, 24), "embed_dim": (16, 1024), "num_heads": (1, 16)}
+# text_kwargs the text tower takes (open_clip's text_cfg), with their bounds.
+TEXT_KWARGS = {"width": (32, 1024), "layers": (1, 24), "heads": (1, 16)}
 MAX_IMG_SIZE = 4096        # the stored positional embedding: (4096/32)² tokens at 768 wide is 50 MB
 MAX_DECODER_DIM = 1024
 MAX_CLASSES = 256          # class indices are written as uint8 masks
@@ -103,6 +105,8 @@ class LoVLANetConfig:
             with) or ``"gelu"`` (what RemoteCLIP's own loading instructions build; the same weights give text
             embeddings that differ by about 2e-3).
         visual_kwargs: ``depth``/``embed_dim``/``num_heads`` overrides for ``timm.create_model`` (small models).
+        text_kwargs: ``width``/``layers``/``heads`` overrides of the text tower (small models for CPU
+            experiments and tests, which have no RemoteCLIP weights to load anyway).
         mean / std: input normalization the visual weights expect.
     """
 
@@ -124,6 +128,7 @@ class LoVLANetConfig:
     text_model: str = "ViT-B-32"
     text_activation: str = "quickgelu"
     visual_kwargs: dict[str, Any] = field(default_factory=dict)
+    text_kwargs: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
@@ -167,17 +172,9 @@ class LoVLANetConfig:
         if len(self.mean) != 3 or len(self.std) != 3 or not all(_is_number(x) for x in self.mean + self.std) \
                 or min(self.std) <= 0:
             raise ValueError(f"mean and std must be three finite numbers each (std > 0), got {self.mean}, {self.std}")
-        if not isinstance(self.visual_kwargs, dict):
-            raise ValueError(f"visual_kwargs must be a mapping, got {_short(self.visual_kwargs)}")
-        self.visual_kwargs = dict(self.visual_kwargs)
-        for key, value in self.visual_kwargs.items():
-            if key not in VISUAL_KWARGS:
-                raise ValueError(f"visual_kwargs takes {', '.join(VISUAL_KWARGS)}, got {_short(key)}")
-            _check_int(f"visual_kwargs.{key}", value, *VISUAL_KWARGS[key])
-        heads = self.visual_kwargs.get("num_heads", 12)
-        if self.visual_kwargs.get("embed_dim", 768) % heads:
-            raise ValueError(f"visual_kwargs.embed_dim must be a multiple of num_heads ({heads}), "
-                             f"got {self.visual_kwargs.get('embed_dim', 768)}")
+        self.visual_kwargs = _check_kwargs("visual_kwargs", self.visual_kwargs, VISUAL_KWARGS, "embed_dim", "num_heads",
+                                           (768, 12))
+        self.text_kwargs = _check_kwargs("text_kwargs", self.text_kwargs, TEXT_KWARGS, "width", "heads", (512, 8))
         self.feature_blocks = tuple(self.feature_blocks)
         depth = self.visual_kwargs.get("depth", 12)
         if len(self.feature_blocks) != 4 or not all(isinstance(b, int) and not isinstance(b, bool)
@@ -239,3 +236,17 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {_short(value)}")
+
+
+def _check_kwargs(name: str, value: Any, bounds: dict, width: str, heads: str, defaults: tuple[int, int]) -> dict:
+    """A ``*_kwargs`` mapping: known keys, integers within bounds, the width a multiple of the heads."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping, got {_short(value)}")
+    for key, item in value.items():
+        if key not in bounds:
+            raise ValueError(f"{name} takes {', '.join(bounds)}, got {_short(key)}")
+        _check_int(f"{name}.{key}", item, *bounds[key])
+    w, h = value.get(width, defaults[0]), value.get(heads, defaults[1])
+    if w % h:
+        raise ValueError(f"{name}.{width} must be a multiple of {heads} ({h}), got {w}")
+    return dict(value)

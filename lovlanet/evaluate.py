@@ -11,13 +11,15 @@ the paper's Table 1/2 layout; ``--out`` also writes ``metrics.md`` and ``metrics
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
+from kkattn._io import atomic_write_json
+
 from .checkpoints import CheckpointError, atomic_write_text
-from .cli import check_variant, resolve_device, run_cli
+from .cli import (Parser, check_output_folder, check_variant, fraction, json_object, resolve_device, run_cli,
+                  tile_size)
 from .data import DATASETS, build_dataset, dataset_classes
 from .inference import predict_image
 from .metrics import ConfusionMatrix, metrics_table
@@ -48,15 +50,16 @@ def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lovlanet-eval", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="lovlanet-eval", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="best.pt / last.pt written by lovlanet-train")
     parser.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)} (default: synthetic)")
     parser.add_argument("--data-root", help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--dataset-options", type=json.loads, default={}, help='JSON, e.g. {"background": "class"}')
-    parser.add_argument("--tile", type=int, help="sliding-window size (default: the model's img_size)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default: 0.25)")
+    parser.add_argument("--dataset-options", type=json_object, default={}, help='JSON, e.g. {"background": "class"}')
+    parser.add_argument("--tile", type=tile_size, help="sliding-window size, a multiple of 32 (default: the model's img_size)")
+    parser.add_argument("--overlap", type=fraction(0, 1, high_open=True), default=0.25,
+                        help="window overlap fraction in [0, 1) (default: 0.25)")
     parser.add_argument("--exclude", nargs="*", default=[], help="classes left out of the means (e.g. background)")
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -65,6 +68,8 @@ def main(argv=None) -> int:
 
     from .model import load_model
 
+    if args.out:
+        check_output_folder(args.out)  # before the evaluation, not after it
     device = resolve_device(args.device)
     dataset = build_dataset(args.dataset, args.data_root, args.split, **args.dataset_options)
     model = load_model(args.checkpoint, map_location=device)
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         atomic_write_text(out / "metrics.md", table + "\n")
         record = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, **metrics}
-        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+        atomic_write_json(out / "metrics.json", record)  # a class absent from the split has IoU null, not NaN
         print(f"wrote {out / 'metrics.md'} and {out / 'metrics.json'}")
     return 0
 

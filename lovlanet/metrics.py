@@ -44,7 +44,12 @@ class ConfusionMatrix:
             self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=target.device)
         target = target.reshape(-1).to(self.matrix.device)
         pred = pred.reshape(-1).to(self.matrix.device)
-        valid = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        labelled = target != self.ignore_index
+        stray = labelled & ((target < 0) | (target >= self.num_classes))
+        if stray.any():  # a label outside the classes is a data error, not something to skip silently
+            raise ValueError(f"target value {int(target[stray][0])} is neither a class in [0, {self.num_classes}) "
+                             f"nor the ignore index {self.ignore_index}")
+        valid = labelled
         if ((pred[valid] < 0) | (pred[valid] >= self.num_classes)).any():
             raise ValueError(f"predictions must lie in [0, {self.num_classes})")
         index = target[valid].long() * self.num_classes + pred[valid].long()

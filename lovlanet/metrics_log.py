@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
 
+from kkattn._io import strict_json
+
 from .checkpoints import atomic_write, atomic_write_text
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with non-finite floats as ``None``: JSON has no NaN (``json.dumps`` would write bare ``NaN``)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 class MetricsLog:

@@ -30,7 +30,7 @@ class LoVLANet(nn.Module):
         super().__init__()
         self.config = config
         components = config.components
-        self.text_encoder = TextEncoder(config.text_model, text_checkpoint, config.text_activation)
+        self.text_encoder = TextEncoder(config.text_model, text_checkpoint, config.text_activation, config.text_kwargs)
         self.encoder = NeighborhoodKKEncoder(
             config.visual_model, components=components, img_size=config.img_size, sigma=config.sigma,
             learnable_sigma=config.learnable_sigma, class_token=config.class_token,

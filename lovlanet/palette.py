@@ -39,9 +39,11 @@ def colourize(labels: np.ndarray, class_names: Sequence[str]):
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5):
-    """The RGB image blended with the colour-coded mask."""
+    """The RGB image blended with the colour-coded mask; ``alpha`` in [0, 1] is the mask's opacity."""
     from PIL import Image
 
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")  # beyond it uint8 colours wrap around
     colours = palette(class_names)[labels]
     return Image.fromarray((image.astype(np.float32) * (1 - alpha) + colours * alpha).astype(np.uint8))
 

@@ -12,19 +12,25 @@ so a GID-size image does not need its whole probability map in memory.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import atomic_write, atomic_write_text
-from .cli import check_variant, resolve_device, run_cli
-from .data.common import IMAGE_SUFFIXES, DataError, list_images, read_image
+from kkattn._io import atomic_write_json
+
+from .checkpoints import atomic_write
+from .cli import (Parser, check_output_folder, check_variant, fraction, positive_int, resolve_device, run_cli,
+                  tile_size)
+from .data.common import IMAGE_SUFFIXES, DataError, list_images, probe_image, read_image
 from .inference import predict_image
 from .palette import colourize, legend, overlay
 
 
-def collect_inputs(inputs: list[str]) -> list[Path]:
+def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
+    """Every input image, each checked from its header (readable, enough bands) before any work starts.
+
+    Two inputs with one stem (``a.png``, ``a.tif``) would write one ``a_mask.png``: that is an error.
+    """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -38,6 +44,16 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             raise DataError(f"input not found: {path}")
     if not paths:
         raise DataError(f"no images in {', '.join(inputs)}")
+    paths = list(dict.fromkeys(paths))
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise DataError(f"{seen[path.stem]} and {path} would both be written as {path.stem}_mask.png: "
+                            f"rename one or predict them into different --out folders")
+        seen[path.stem] = path
+        _, _, count = probe_image(path)
+        if bands is not None and max(bands) >= count:
+            raise DataError(f"{path} has {count} band(s); --bands {' '.join(map(str, bands))} were asked for")
     return paths
 
 
@@ -46,33 +62,35 @@ def save_png(image, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lovlanet-predict", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lovlanet-predict", description=__doc__.split("\n\n")[0],
+                    epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--checkpoint", required=True, help="best.pt / last.pt written by lovlanet-train")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tile", type=int, help="sliding-window size (default: the model's img_size)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default: 0.25)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: 4)")
+    parser.add_argument("--tile", type=tile_size, help="sliding-window size, a multiple of 32 (default: the model's img_size)")
+    parser.add_argument("--overlap", type=fraction(0, 1, high_open=True), default=0.25,
+                        help="window overlap fraction in [0, 1) (default: 0.25)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
     parser.add_argument("--overlay", action="store_true", help="also write the image blended with the mask")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default: 0.5)")
+    parser.add_argument("--alpha", type=fraction(0, 1), default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
     parser.add_argument("--bands", type=int, nargs=3, help="0-based bands to read as RGB from multi-band TIFFs")
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     args = parser.parse_args(argv)
+    if args.bands is not None and min(args.bands) < 0:
+        parser.error(f"--bands are 0-based band numbers, got {' '.join(map(str, args.bands))}")
 
     from tqdm.auto import tqdm
 
     from .model import load_model
 
-    paths = collect_inputs(args.inputs)
+    # Everything is checked before the first window runs or the first file is written.
+    out = check_output_folder(args.out)
+    paths = collect_inputs(args.inputs, args.bands)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device).eval()
     check_variant(model, args.variant, args.checkpoint)
     classes = model.config.class_names
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_png(legend(classes), out / "legend.png")
     summary = {}
     for path in tqdm(paths, desc="predicting", dynamic_ncols=True):
         image = read_image(path, args.bands)
@@ -83,7 +101,8 @@ def main(argv=None) -> int:
             save_png(overlay(image, labels, classes, args.alpha), out / f"{path.stem}_overlay.png")
         counts = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
         summary[path.name] = {c: round(float(f) * 100, 2) for c, f in zip(classes, counts)}
-    atomic_write_text(out / "class_fractions.json", json.dumps(summary, indent=2))
+    save_png(legend(classes), out / "legend.png")
+    atomic_write_json(out / "class_fractions.json", summary)
     print(f"wrote {len(paths)} mask(s){' and overlays' if args.overlay else ''} to {out} (legend: {out / 'legend.png'})")
     return 0
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .checkpoints import atomic_write, atomic_write_text
-from .cli import run_cli
+from .cli import Parser, run_cli
 from .data import build_dataset
 from .evaluate import evaluate_dataset
 from .inference import predict_image
@@ -45,7 +45,7 @@ def baselines(val_set, train_set, num_classes: int, classes, seed: int = 0) -> d
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lovlanet-quickstart", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="lovlanet-quickstart", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8, ~3 min on 2 cores)")

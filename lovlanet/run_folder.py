@@ -22,6 +22,7 @@ import socket
 import time
 from pathlib import Path
 
+from .cli import check_output_folder
 from .data.common import DataError
 
 # What a run writes; --overwrite removes exactly these.
@@ -52,15 +53,10 @@ class RunFolder:
         """Raise :class:`RunFolderError` when this run cannot use the folder; changes nothing."""
         if self.resume and self.overwrite:
             raise RunFolderError("--resume continues the run in --out and --overwrite replaces it: pass one")
-        if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError(f"--out {self.path} is a file, not a folder")
-        existing = self.path
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir():
-            raise RunFolderError(f"--out {self.path} is under a file ({existing})")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunFolderError(f"--out {self.path}: {existing} is not writable")
+        try:
+            check_output_folder(self.path)
+        except DataError as exc:
+            raise RunFolderError(str(exc)) from None
         used = self.used()
         if used and not (self.resume or self.overwrite):
             raise RunFolderError(f"--out {self.path} already holds a run ({', '.join(used)}): pass --resume to "

@@ -6,13 +6,13 @@ Models are built on the ``meta`` device (shapes only, no memory, no weights), so
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
 
 import torch
 
+from .cli import Parser
 from .model import build_model
 
 # Table 6 of the paper: total parameters (M) at 1024×1024, text tower included.
@@ -52,7 +52,7 @@ def to_markdown(rows: list[dict], img_size: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lovlanet.summary", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="python -m lovlanet.summary", description=__doc__.split("\n\n")[0],
                                      epilog="example: python -m lovlanet.summary --img-size 1024")
     parser.add_argument("--img-size", type=int, default=1024, help="input size (default: 1024, as in the paper)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of Markdown")

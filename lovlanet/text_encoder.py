@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .checkpoints import CheckpointError, PathLike, load_state_dict
 
 
-def _create_clip(model_name: str, quick_gelu: bool) -> nn.Module:
+def _create_clip(model_name: str, quick_gelu: bool, text_overrides: dict) -> nn.Module:
     import logging
 
     import open_clip
@@ -21,9 +21,10 @@ def _create_clip(model_name: str, quick_gelu: bool) -> nn.Module:
     logger.setLevel(logging.ERROR)
     try:
         # The visual tower is deleted right after: build a one-layer stand-in instead of 88 M parameters.
-        tiny_visual = dict(open_clip.get_model_config(model_name)["vision_cfg"], layers=1, width=64, head_width=64,
-                           image_size=32, patch_size=32)
+        config = open_clip.get_model_config(model_name)
+        tiny_visual = dict(config["vision_cfg"], layers=1, width=64, head_width=64, image_size=32, patch_size=32)
         return open_clip.create_model(model_name, pretrained=None, vision_cfg=tiny_visual, force_quick_gelu=quick_gelu,
+                                      text_cfg=dict(config["text_cfg"], **text_overrides),
                                       device=torch.get_default_device())  # "meta" under summary's context
     finally:
         logger.setLevel(level)
@@ -37,6 +38,7 @@ class TextEncoder(nn.Module):
         activation: ``"quickgelu"`` or ``"gelu"``. RemoteCLIP was fine-tuned from OpenAI CLIP, which uses
             QuickGELU; RemoteCLIP's own loading instructions build plain GELU. Both load the same weights;
             the text embeddings differ by about 2e-3.
+        text_overrides: ``width``/``layers``/``heads`` of a smaller tower (no pretrained weights fit it).
         checkpoint: a local open_clip state dict (e.g. ``RemoteCLIP-ViT-B-32.pt``); ``visual.*`` keys are
             ignored, any other missing or unexpected key is an error naming it. ``None``: random weights
             (a warning says so).
@@ -45,13 +47,13 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(self, model_name: str = "ViT-B-32", checkpoint: Optional[PathLike] = None,
-                 activation: str = "quickgelu"):
+                 activation: str = "quickgelu", text_overrides: Optional[dict] = None):
         super().__init__()
         import open_clip
 
         if activation not in ("quickgelu", "gelu"):
             raise ValueError(f"activation must be 'quickgelu' or 'gelu', got {activation!r}")
-        clip = _create_clip(model_name, activation == "quickgelu")
+        clip = _create_clip(model_name, activation == "quickgelu", text_overrides or {})
         del clip.visual  # encode_text never touches it; 88 M parameters we do not need
         self.clip = clip
         self.model_name = model_name

@@ -28,20 +28,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kkattn._io import strict_json
+
 from .checkpoints import CheckpointError, atomic_write_text
 from .config import VARIANTS, LoVLANetConfig
-from .cli import add_dataclass_flags, load_config_file, run_cli
+from .cli import Parser, add_dataclass_flags, json_object, load_config_file, run_cli
 from .data import TrainAugment, build_dataset, dataset_classes, normalize
 from .data.batches import Augmented, collate
 from .distributed import reduce_mean, setup_distributed
 from .evaluate import evaluate_dataset
-from .metrics_log import MetricsLog, strict_json
+from .metrics_log import MetricsLog
 from .model import build_model, read_checkpoint
 from .run_folder import RunFolder
 
 # A configuration small enough to train on a laptop CPU in minutes (used by --small and the quickstart).
 SMALL_MODEL = {"visual_kwargs": {"depth": 4, "embed_dim": 256, "num_heads": 4}, "feature_blocks": [1, 2, 3, 4],
-               "decoder_dim": 64}
+               "decoder_dim": 64, "text_kwargs": {"width": 128, "layers": 2, "heads": 4}}
 
 
 # LoVLANetConfig fields the trainer also takes as flags of their own (``--variant``, ...); every other
@@ -128,7 +130,7 @@ HELP = {
     "model": 'other LoVLANetConfig fields, e.g. {"decoder_dim": 128, "attn_backend": "cpu"}',
     "text_checkpoint": "open_clip state dict for the text tower (RemoteCLIP-ViT-B-32.pt)",
     "visual_checkpoint": "timm/open_clip weights for the ViT",
-    "small": "a 4-block, 256-wide ViT for CPU experiments",
+    "small": "a 4-block, 256-wide ViT and a 2-layer text tower for CPU experiments",
     "crop_size": "training crop (multiple of 32)",
     "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
     "poly_power": "poly schedule lr0·(1 − t/T)^p, t in fractional epochs",
@@ -326,13 +328,13 @@ def _train(run: Run, progress: bool) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lovlanet-train", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="lovlanet-train", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
     add_dataclass_flags(parser, TrainConfig, HELP)
     model_flags = parser.add_argument_group("model", "LoVLANetConfig fields with flags of their own (others: --model)")
     add_dataclass_flags(model_flags, LoVLANetConfig, MODEL_FLAGS, only=MODEL_FLAGS, dest_prefix="model.")
-    parser.add_argument("--model-options", dest="model", type=json.loads, default=argparse.SUPPRESS,
+    parser.add_argument("--model-options", dest="model", type=json_object, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)  # the flag's name before --model; kept for existing scripts
     return parser
 

@@ -26,37 +26,74 @@ class DataError(ValueError):
 def read_image(path: PathLike, bands: Sequence[int] | None = None) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 RGB array from PNG/JPEG (Pillow) or TIFF (tifffile).
 
-    ``bands``: 0-based channels to take from a multi-band TIFF (e.g. ``(1, 2, 3)`` for the RGB of
-    GID's NIR-RGB images); default: the first three. Never BGR: neither reader swaps channels.
+    ``bands``: 0-based channels to take from a multi-band image (e.g. ``(1, 2, 3)`` for the RGB of
+    GID's NIR-RGB images); default: the first three, or one band repeated as grey. TIFFs are read by
+    their declared axes, so planar ``(C, H, W)`` files are handled whatever C is. Never BGR: neither
+    reader swaps channels.
     """
     path = Path(path)
+    array = _open_image(path, lambda series: _bands_last(np.asarray(series.asarray()), series.axes, path),
+                        lambda img: np.asarray(img.convert("RGB") if bands is None else img))
+    if array.ndim == 2:
+        array = array[..., None]
+    chosen = list(bands) if bands is not None else ([0, 1, 2] if array.shape[-1] >= 3 else [0, 0, 0])
+    if max(chosen) >= array.shape[-1]:
+        raise DataError(f"{path} has {array.shape[-1]} band(s); bands {tuple(chosen)} were asked for")
+    array = array[..., chosen]
+    if array.dtype != np.uint8:
+        array = to_uint8(array)
+    return np.ascontiguousarray(array)
+
+
+def _bands_last(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """A TIFF series as ``(H, W)`` or ``(H, W, C)``, from tifffile's axes (``YX``, ``YXS``, ``SYX``, ``QYX``...)."""
+    if "Y" not in axes or "X" not in axes or array.ndim != len(axes):
+        raise DataError(f"{path}: not an image (TIFF axes {axes!r}, shape {array.shape})")
+    keep = [i for i, a in enumerate(axes) if a in "YX" or array.shape[i] > 1]
+    array = array.squeeze(axis=tuple(i for i in range(array.ndim) if i not in keep))
+    axes = "".join(axes[i] for i in keep)
+    if len(axes) > 3:
+        raise DataError(f"{path}: expected one image with bands, got TIFF axes {axes!r} of shape {array.shape}")
+    if len(axes) == 3:
+        band = next(i for i, a in enumerate(axes) if a not in "YX")
+        array = np.moveaxis(array, band, -1)
+    return array
+
+
+def probe_image(path: PathLike) -> tuple[int, int, int]:
+    """``(height, width, bands)`` from the file's header, without reading pixels; :class:`DataError` when
+    it is not a readable image. The tools check every input this way before any work starts."""
+    path = Path(path)
+    return _open_image(path, lambda series: _tiff_extent(series.shape, series.axes, path),
+                       lambda img: (img.height, img.width, len(img.getbands())))
+
+
+def _tiff_extent(shape: tuple, axes: str, path: Path) -> tuple[int, int, int]:
+    if "Y" not in axes or "X" not in axes:
+        raise DataError(f"{path}: not an image (TIFF axes {axes!r})")
+    bands = int(np.prod([n for n, a in zip(shape, axes) if a not in "YX"], dtype=np.int64))
+    return shape[axes.index("Y")], shape[axes.index("X")], bands
+
+
+def _open_image(path: Path, tiff, pil):
+    """``tiff(first series)`` for TIFFs (tifffile), ``pil(image)`` for the rest (Pillow); every reader
+    failure becomes one :class:`DataError` naming the file."""
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            array = np.asarray(tifffile.imread(path))
-        else:
-            from PIL import Image
+            with tifffile.TiffFile(path) as tif:
+                return tiff(tif.series[0])
+        from PIL import Image
 
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB") if bands is None else img)
+        with Image.open(path) as img:
+            return pil(img)
+    except DataError:
+        raise
     except Exception as exc:  # Pillow/tifffile raise many types for truncated or foreign files
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
-        array = np.moveaxis(array, 0, -1)  # planar TIFF (C, H, W)
-    if array.ndim != 3:
-        raise DataError(f"{path}: expected an (H, W, C) image, got shape {array.shape}")
-    chosen = list(bands) if bands is not None else [0, 1, 2]
-    if max(chosen) >= array.shape[-1]:
-        raise DataError(f"{path} has {array.shape[-1]} bands; bands {tuple(chosen)} were asked for")
-    array = array[..., chosen]
-    if array.dtype != np.uint8:
-        array = to_uint8(array)
-    return np.ascontiguousarray(array)
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from lovlanet import evaluate, predict
 from lovlanet.model import CHECKPOINT_FORMAT
 
 SMALL = dict(visual_kwargs=dict(depth=2, embed_dim=64, num_heads=2), feature_blocks=(1, 1, 2, 2), img_size=64,
-             decoder_dim=16)
+             decoder_dim=16, text_kwargs=dict(width=32, layers=1, heads=2))
 
 
 @pytest.fixture
@@ -47,6 +47,7 @@ def write_checkpoint(path, config_overrides=None, drop=(), **entries):
     ({"img_size": 640000}, "img_size"),                                  # 102 GB of positional embedding
     ({"visual_kwargs": {"embed_dim": 8192, "num_heads": 2}}, "embed_dim"),
     ({"visual_kwargs": {"depth": 2, "mlp_ratio": 400}}, "visual_kwargs"),
+    ({"text_kwargs": {"width": 10 ** 6}}, "text_kwargs"),
     ({"visual_model": "hf-hub:someone/vit"}, "visual_model"),           # timm would download it
     ({"text_model": "hf-hub:someone/clip"}, "text_model"),              # open_clip would download it
     ({"attn_backend": "bogus"}, "attn_backend"),                        # would fail at the first forward

@@ -14,7 +14,7 @@ from lovlanet.text_encoder import TextEncoder
 
 # A small ViT with the same structure (patch 32, pre-norm, QuickGELU, CLS), so tests run in seconds.
 SMALL = dict(visual_kwargs=dict(depth=4, embed_dim=96, num_heads=2), feature_blocks=(1, 2, 3, 4), img_size=128,
-             decoder_dim=32)
+             decoder_dim=32, text_kwargs=dict(width=64, layers=1, heads=2))
 VIT = "vit_base_patch32_clip_quickgelu_224"
 
 
@@ -70,7 +70,7 @@ def test_text_activation_gelu_is_what_remoteclip_instructions_build(clip_checkpo
 
 def test_text_checkpoint_errors_name_the_key_and_file(clip_checkpoint, tmp_path):
     clip, _ = clip_checkpoint
-    state = clip.state_dict()
+    state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}  # the text keys are enough
     missing = dict(state)
     missing.pop("ln_final.weight")
     torch.save(missing, tmp_path / "missing.pt")

@@ -80,7 +80,7 @@ def test_predict_writes_palette_masks_overlays_and_legend(trained, tmp_path):
 def test_tools_reject_bad_input(tmp_path, capsys):
     assert predict.cli([str(tmp_path / "missing.png"), "--checkpoint", "x.pt", "--out", str(tmp_path)]) == 2
     assert "missing.png" in capsys.readouterr().err
-    (tmp_path / "a.png").write_bytes(b"")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     assert predict.cli([str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "none.pt" in capsys.readouterr().err
     assert train.cli(["--variant", "kk+mystery", "--out", str(tmp_path / "t"), *TINY]) == 2

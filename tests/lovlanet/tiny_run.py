@@ -2,6 +2,7 @@
 import json
 
 TINY = ["--model", json.dumps({"visual_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2},
-                               "feature_blocks": [1, 1, 2, 2], "decoder_dim": 16}),
+                               "feature_blocks": [1, 1, 2, 2], "decoder_dim": 16,
+                               "text_kwargs": {"width": 32, "layers": 1, "heads": 2}}),
         "--dataset-options", json.dumps({"num_images": 8, "size": 64}),
         "--img-size", "64", "--crop-size", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
