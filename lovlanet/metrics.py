@@ -103,5 +103,5 @@ def metrics_table(metrics: dict, title: str = "") -> str:
     head = "| " + " | ".join([*names, "mIoU", "mF1", "OA", "Kappa"]) + " |"
     sep = "|" + "---:|" * (len(names) + 4)
     vals = [metrics["IoU"][n] for n in names] + [metrics[k] for k in ("mIoU", "mF1", "OA", "Kappa")]
-    row = "| " + " | ".join(f"{v:.2f}" for v in vals) + " |"
+    row = "| " + " | ".join("—" if v is None or v != v else f"{v:.2f}" for v in vals) + " |"  # — : no pixels
     return "\n".join(([f"**{title}**", ""] if title else []) + [head, sep, row])

@@ -60,3 +60,24 @@ def legend(class_names: Sequence[str]):
         draw.rectangle([6, y + 2, 30, y + row - 4], fill=tuple(int(c) for c in colour), outline="black")
         draw.text((40, y + 4), name, fill="black")
     return img
+
+
+def panel(pictures: dict, legend_image=None, scale: int = 2):
+    """Pictures side by side under their titles (``{title: PIL image}``, same size), the legend at the right."""
+    from PIL import Image, ImageDraw
+
+    tiles = [img.convert("RGB").resize((img.width * scale, img.height * scale), Image.NEAREST)
+             for img in pictures.values()]
+    gap, head = 8, 20
+    width = sum(t.width for t in tiles) + gap * (len(tiles) + 1) + (legend_image.width + gap if legend_image else 0)
+    height = max(t.height for t in tiles) + head + gap
+    canvas = Image.new("RGB", (width, max(height, (legend_image.height + head) if legend_image else 0)), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for title, tile in zip(pictures, tiles):
+        draw.text((x, 4), title, fill="black")
+        canvas.paste(tile, (x, head))
+        x += tile.width + gap
+    if legend_image is not None:
+        canvas.paste(legend_image, (x, head))
+    return canvas
