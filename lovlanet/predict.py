@@ -1,13 +1,18 @@
-"""lovlanet-predict: images or folders → colour-coded mask PNGs (and overlays), with a legend.
+"""lovlanet-predict: images, GeoTIFF scenes or folders → class masks, with a legend.
 
 Examples:
     lovlanet-predict --checkpoint runs/synthetic/best.pt scene.png --out predictions/
     lovlanet-predict --checkpoint best.pt /data/GID/image_RGB --out gid_pred --tile 1024 --overlap 0.25 --overlay
+    lovlanet-predict --checkpoint best.pt scene_utm.tif --out pred --probabilities --bands 2 1 0
 
-Each input ``NAME.ext`` gives ``OUT/NAME_mask.png``: a palette PNG whose pixel values are class
-indices and whose colours are the classes' (see ``OUT/legend.png``). ``--overlay`` adds
-``OUT/NAME_overlay.png``. Large scenes are predicted window by window and assembled band by band,
-so a GID-size image does not need its whole probability map in memory.
+A plain image ``NAME.png/.jpg/.tif`` gives ``OUT/NAME_mask.png``: a palette PNG whose pixel values
+are class indices and whose colours are the classes' (see ``OUT/legend.png``); ``--overlay`` adds
+``OUT/NAME_overlay.png``. A georeferenced raster (a GeoTIFF with a CRS, or any GDAL raster; needs
+``pip install "kkattn[geo]"``) gives ``OUT/NAME_classes.tif``: a single-band class raster with the
+scene's CRS, transform and size (Cloud-Optimized GeoTIFF, colour table, class names, nodata 255)
+and ``NAME_classes.qml``, its QGIS style; ``--probabilities`` adds ``NAME_probabilities.tif``.
+Scenes are read and predicted window by window, so a scene of any size fits in memory; nodata
+pixels are not predicted. Band numbers are 0-based (GDAL's band 1 is 0).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from .checkpoints import atomic_write
 from .cli import (Parser, check_output_folder, check_variant, fraction, positive_int, resolve_device, run_cli,
                   tile_size)
 from .data.common import IMAGE_SUFFIXES, DataError, list_images, probe_image, read_image
+from .geo import GDAL_SUFFIXES, is_georeferenced
 from .inference import predict_image
 from .palette import colourize, legend, overlay
 
@@ -35,10 +41,10 @@ def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(list_images(path))
+            paths.extend(list_images(path, IMAGE_SUFFIXES + GDAL_SUFFIXES))
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{path} is not a PNG/JPEG/TIFF image")
+            if path.suffix.lower() not in IMAGE_SUFFIXES + GDAL_SUFFIXES:
+                raise DataError(f"{path} is not a PNG/JPEG/TIFF image or a GDAL raster ({', '.join(GDAL_SUFFIXES)})")
             paths.append(path)
         else:
             raise DataError(f"input not found: {path}")
@@ -51,10 +57,39 @@ def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
             raise DataError(f"{seen[path.stem]} and {path} would both be written as {path.stem}_mask.png: "
                             f"rename one or predict them into different --out folders")
         seen[path.stem] = path
+        if is_georeferenced(path):
+            continue  # opened (so readable); its bands are checked when it is opened for prediction
         _, _, count = probe_image(path)
         if bands is not None and max(bands) >= count:
             raise DataError(f"{path} has {count} band(s); --bands {' '.join(map(str, bands))} were asked for")
     return paths
+
+
+def predict_georeferenced(model, path: Path, out: Path, bands, value_range, probabilities: bool, options) -> np.ndarray:
+    """``OUT/NAME_classes.tif`` (+ ``.qml``, + ``NAME_probabilities.tif``) for one raster scene, window by
+    window with a progress bar; returns the pixel count per class (nodata last)."""
+    from tqdm.auto import tqdm
+
+    from .geo import ClassRasterWriter, GeoScene
+    from .inference import NODATA_LABEL, WindowGrid, predict_scene
+    from .palette import palette
+
+    classes = model.config.class_names
+    counts = np.zeros(NODATA_LABEL + 1, np.int64)
+    with GeoScene(path, bands, value_range) as scene:
+        grid = WindowGrid.plan(scene.height, scene.width, options["tile"], options["overlap"])
+        extra = out / f"{path.stem}_probabilities.tif" if probabilities else None
+        with ClassRasterWriter(scene, out / f"{path.stem}_classes.tif", classes, palette(classes), extra) as writer, \
+                tqdm(total=grid.runs(), desc=f"{path.name} ({scene.width}×{scene.height})", unit="window",
+                     dynamic_ncols=True, leave=False) as bar:
+            def write(y0, y1, x0, x1, labels, probs):
+                writer.write(y0, y1, x0, x1, labels, probs)
+                counts[:] += np.bincount(labels.ravel(), minlength=NODATA_LABEL + 1)
+
+            predict_scene(model, scene.read, write, scene.height, scene.width, probabilities=probabilities,
+                          progress=bar.update, **options)
+            writer.commit()
+    return np.concatenate([counts[:len(classes)], counts[NODATA_LABEL:]])
 
 
 def save_png(image, path: Path) -> None:
@@ -71,9 +106,17 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap", type=fraction(0, 1, high_open=True), default=0.25,
                         help="window overlap fraction in [0, 1) (default: 0.25)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default: 4)")
-    parser.add_argument("--overlay", action="store_true", help="also write the image blended with the mask")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write the image blended with the mask (plain images; GIS tools overlay GeoTIFFs)")
     parser.add_argument("--alpha", type=fraction(0, 1), default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
-    parser.add_argument("--bands", type=int, nargs=3, help="0-based bands to read as RGB from multi-band TIFFs")
+    parser.add_argument("--bands", type=int, nargs=3, metavar="B",
+                        help="three 0-based bands to read as RGB from multi-band rasters (default: the red/green/blue "
+                             "colour interpretation when declared, else the first three)")
+    parser.add_argument("--value-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="map non-8-bit rasters linearly from [LOW, HIGH] to 0–255 (default: a per-band "
+                             "2–98%% percentile stretch of the valid pixels)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="georeferenced inputs: also NAME_probabilities.tif, per-class probability in percent")
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     args = parser.parse_args(argv)
@@ -92,14 +135,19 @@ def main(argv=None) -> int:
     check_variant(model, args.variant, args.checkpoint)
     classes = model.config.class_names
     summary = {}
-    for path in tqdm(paths, desc="predicting", dynamic_ncols=True):
-        image = read_image(path, args.bands)
-        labels = predict_image(model, image, tile=args.tile or model.config.img_size, overlap=args.overlap,
-                               batch_size=args.batch_size, device=device, amp=device.type == "cuda")
-        save_png(colourize(labels, classes), out / f"{path.stem}_mask.png")
-        if args.overlay:
-            save_png(overlay(image, labels, classes, args.alpha), out / f"{path.stem}_overlay.png")
-        counts = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+    options = dict(tile=args.tile or model.config.img_size, overlap=args.overlap, batch_size=args.batch_size,
+                   device=device, amp=device.type == "cuda")
+    for path in tqdm(paths, desc="predicting", dynamic_ncols=True, disable=len(paths) == 1):
+        if is_georeferenced(path):
+            counts = predict_georeferenced(model, path, out, args.bands, args.value_range, args.probabilities, options)
+        else:
+            image = read_image(path, args.bands)
+            labels = predict_image(model, image, **options)
+            save_png(colourize(labels, classes), out / f"{path.stem}_mask.png")
+            if args.overlay:
+                save_png(overlay(image, labels, classes, args.alpha), out / f"{path.stem}_overlay.png")
+            counts = np.bincount(labels.ravel(), minlength=len(classes))
+        counts = counts[:len(classes)] / max(1, counts[:len(classes)].sum())  # over predicted (valid) pixels
         summary[path.name] = {c: round(float(f) * 100, 2) for c, f in zip(classes, counts)}
     save_png(legend(classes), out / "legend.png")
     atomic_write_json(out / "class_fractions.json", summary)

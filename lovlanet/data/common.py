@@ -137,6 +137,25 @@ def lookup(raw: np.ndarray, table: np.ndarray, path: PathLike) -> np.ndarray:
     return mapped.astype(np.int64)
 
 
+def colours_to_labels(rgb: np.ndarray, colours, path: PathLike, *, unlabeled=None, scheme: str = "the class") -> np.ndarray:
+    """``(H, W, ≥3)`` colour-coded labels → ``(H, W)`` int64 class indices: ``colours[i]`` is class ``i``,
+    ``unlabeled`` (if given) is :data:`IGNORE_INDEX`; any other colour is a :class:`DataError` naming it."""
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        raise DataError(f"{path}: colour-coded labels must be RGB, got shape {rgb.shape}")
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = [*colours, *([unlabeled] if unlabeled is not None else [])]
+    keys = np.array([(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in table])
+    values = np.array([*range(len(colours)), *([IGNORE_INDEX] if unlabeled is not None else [])])
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+    known = keys[order][pos] == code
+    if not known.all():
+        c = int(code[~known][0])
+        raise DataError(f"{path}: unknown label colour {(c >> 16, (c >> 8) & 255, c & 255)} ({scheme} colours are "
+                        f"{', '.join(map(str, map(tuple, colours)))}{f' and {unlabeled} for unlabeled' if unlabeled else ''})")
+    return values[order][pos].astype(np.int64)
+
+
 def window_starts(length: int, tile: int, stride: int, edge: str = "shift") -> list[int]:
     """Start offsets of ``tile``-long windows every ``stride`` along ``length``. The last window is
     shifted back inside (``"shift"``) or kept on the stride grid past the end (``"pad"``)."""
@@ -148,8 +167,8 @@ def window_starts(length: int, tile: int, stride: int, edge: str = "shift") -> l
     return starts
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def list_images(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
 def sample(image: np.ndarray, mask: np.ndarray | None, name: str) -> dict:

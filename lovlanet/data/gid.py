@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .common import IGNORE_INDEX, DataError, PathLike, list_images, read_image, read_label, sample, window_starts
+from .common import (IGNORE_INDEX, DataError, PathLike, colours_to_labels, list_images, read_image, read_label, sample,
+                     window_starts)
 
 GID_CLASSES = ("built-up", "farmland", "forest", "meadow", "water")
 GID_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 255, 255), (255, 255, 0), (0, 0, 255))
@@ -32,20 +33,8 @@ UNLABELED = (0, 0, 0)
 
 
 def colour_to_label(rgb: np.ndarray, path: PathLike) -> np.ndarray:
-    """``(H, W, 3)`` colour-coded label → ``(H, W)`` class indices (unlabeled → ignore)."""
-    if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        raise DataError(f"{path}: a GID label must be an RGB image, got shape {rgb.shape}")
-    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in (*GID_COLOURS, UNLABELED)])
-    values = np.array([*range(len(GID_CLASSES)), IGNORE_INDEX])
-    order = np.argsort(keys)
-    pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
-    known = keys[order][pos] == code
-    if not known.all():
-        c = int(code[~known][0])
-        raise DataError(f"{path}: unknown label colour {(c >> 16, (c >> 8) & 255, c & 255)} "
-                        f"(GID-5 uses {', '.join(map(str, GID_COLOURS))} and {UNLABELED} for unlabeled)")
-    return values[order][pos]
+    """``(H, W, 3)`` colour-coded GID label → ``(H, W)`` class indices (unlabeled → ignore)."""
+    return colours_to_labels(rgb, GID_COLOURS, path, unlabeled=UNLABELED, scheme="GID-5")
 
 
 def default_split(names: Sequence[str], split: str) -> list[str]:
