@@ -63,7 +63,7 @@ def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=No
     from tqdm.auto import tqdm
 
     from .data.common import IGNORE_INDEX
-    from .geo import GeoScene, aligned_labels
+    from .geo import GeoScene, aligned_labels, gdal_env
     from .inference import NODATA_LABEL, WindowGrid, predict_scene
     from .palette import palette
 
@@ -73,7 +73,7 @@ def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=No
                                 exclude=[classes.index(c) if isinstance(c, str) else c for c in exclude], device=device)
     was_training = model.training
     model.eval()
-    with GeoScene(scene_path, bands, value_range) as scene:
+    with gdal_env(), GeoScene(scene_path, bands, value_range) as scene:
         labels = aligned_labels(scene, labels_path, classes, palette(classes))
         try:
             grid = WindowGrid.plan(scene.height, scene.width, tile, overlap)

@@ -36,6 +36,9 @@ from .inference import NODATA_LABEL
 GDAL_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 EXTRA = 'pip install "kkattn[geo]"'
 BLOCK = 512          # output tile size (and COG block size)
+# GDAL's block cache, MB. Its default is 5% of RAM, which a large scene fills: memory would grow with
+# the scene. This holds the output blocks of a band of rows of windows across 40,000 columns.
+CACHE_MB = 256
 SAMPLE_SIDE = 1024   # longest side of the decimated read the percentile stretch is computed from
 STRETCH = (2, 98)    # percentiles
 
@@ -80,6 +83,12 @@ def is_georeferenced(path) -> bool:
     rasterio = rasterio_for(path)
     with _opened(rasterio, path) as src:
         return src.crs is not None or not src.transform.is_identity
+
+
+def gdal_env():
+    """The GDAL settings the tools read and write under (a bounded block cache)."""
+    rasterio = rasterio_for("a raster")
+    return rasterio.Env(GDAL_CACHEMAX=CACHE_MB)
 
 
 def _opened(rasterio, path):

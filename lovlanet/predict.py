@@ -70,13 +70,13 @@ def predict_georeferenced(model, path: Path, out: Path, bands, value_range, prob
     window with a progress bar; returns the pixel count per class (nodata last)."""
     from tqdm.auto import tqdm
 
-    from .geo import ClassRasterWriter, GeoScene
+    from .geo import ClassRasterWriter, GeoScene, gdal_env
     from .inference import NODATA_LABEL, WindowGrid, predict_scene
     from .palette import palette
 
     classes = model.config.class_names
     counts = np.zeros(NODATA_LABEL + 1, np.int64)
-    with GeoScene(path, bands, value_range) as scene:
+    with gdal_env(), GeoScene(path, bands, value_range) as scene:
         grid = WindowGrid.plan(scene.height, scene.width, options["tile"], options["overlap"])
         extra = out / f"{path.stem}_probabilities.tif" if probabilities else None
         with ClassRasterWriter(scene, out / f"{path.stem}_classes.tif", classes, palette(classes), extra) as writer, \
