@@ -91,6 +91,13 @@ def gdal_env():
     return rasterio.Env(GDAL_CACHEMAX=CACHE_MB)
 
 
+def band_count(path) -> int:
+    """The number of bands of a raster, from its header."""
+    rasterio = rasterio_for(path)
+    with _opened(rasterio, path) as src:
+        return src.count
+
+
 def _opened(rasterio, path):
     import warnings
 

@@ -27,7 +27,7 @@ from .checkpoints import atomic_write
 from .cli import (Parser, check_output_folder, check_variant, fraction, positive_int, resolve_device, run_cli,
                   tile_size)
 from .data.common import IMAGE_SUFFIXES, DataError, list_images, probe_image, read_image
-from .geo import GDAL_SUFFIXES, is_georeferenced
+from .geo import GDAL_SUFFIXES, band_count, is_georeferenced
 from .inference import predict_image
 from .palette import colourize, legend, overlay
 
@@ -57,9 +57,7 @@ def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
             raise DataError(f"{seen[path.stem]} and {path} would both be written as {path.stem}_mask.png: "
                             f"rename one or predict them into different --out folders")
         seen[path.stem] = path
-        if is_georeferenced(path):
-            continue  # opened (so readable); its bands are checked when it is opened for prediction
-        _, _, count = probe_image(path)
+        count = band_count(path) if is_georeferenced(path) else probe_image(path)[2]
         if bands is not None and max(bands) >= count:
             raise DataError(f"{path} has {count} band(s); --bands {' '.join(map(str, bands))} were asked for")
     return paths

@@ -119,6 +119,12 @@ def test_stretch_ignores_nodata_and_value_range_overrides(scene):
         assert int(rgb[0, 0, 0]) == int(raw / 4000 * 255 + 0.5)
 
 
+def test_bands_beyond_the_scene_fail_before_any_work(trained, scene, tmp_path, capsys):
+    assert run_predict(trained, [scene], tmp_path / "out", "--bands", "0", "1", "4") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "4 band" in err[0] and "scene.tif" in err[0] and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("content", [b"II*\x00garbage" * 10, b"not a raster at all"])
 def test_corrupt_or_non_raster_files_give_one_error_line(trained, tmp_path, capsys, content):
     (tmp_path / "broken.tif").write_bytes(content)
