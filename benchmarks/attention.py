@@ -16,7 +16,8 @@ forward+backward. Columns are every kkattn backend the device has (``cpu``, ``cu
 
 Per cell: median, min and max time over ``--reps`` runs after a warm-up (device-synchronized),
 achieved TFLOP/s from the op's FLOP formula (4·B·H·N²·D forward, 14·B·H·N²·D forward+backward,
-checked once against ``FlopCounterMode``), and peak memory above the inputs: the process's peak
+checked once against ``FlopCounterMode``) and as a share of the dense GEMM rate measured in the
+same process (the "limit": a 2048³ ``torch.mm``), and peak memory above the inputs: the process's peak
 RSS growth on CPUs (each method × grid in its own process), ``torch.cuda.max_memory_allocated``
 on GPUs. Before any time is reported, the output is compared with a float64 oracle on the first
 head; a wrong result is reported as WRONG. Out-of-memory is reported as OOM.
@@ -43,6 +44,15 @@ PASSES = ("fwd", "fwd+bwd")
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FLEX_FORMS = ("exp", "table", "stored")
+
+
+def gemm_limit(device: str, dtype, size: int = 2048, reps: int = 5) -> dict:
+    """The dense GEMM rate of this process (``size``³ matmul in ``dtype``): the limit an attention kernel
+    built from tile GEMMs can approach. Measured in every cell's own process, next to its timings."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    timing = time_it(lambda: torch.mm(a, b), device, reps, warmup=1)
+    return {"gemm_tflops": 2 * size ** 3 / (timing["ms"] * 1e-3) / 1e12, "gemm_size": size}
 
 
 def flops(batch: int, heads: int, n: int, dim: int, pass_: str) -> float:
@@ -162,6 +172,7 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
     torch.manual_seed(0)
     k, v, dout = inputs(args.batch, args.heads, n, args.dim, dtype, device)
     ref = torch.load(oracle, weights_only=True)
+    limit = gemm_limit(device, dtype)
     rows = []
     forms = FLEX_FORMS if method == "flex" else ("",)
     for pass_ in PASSES:
@@ -174,6 +185,8 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
             row = dict(base, form=form) if form else dict(base)
             try:
                 row.update(_measure(method, form or "exp", grid, pass_, k, v, dout, ref, dtype, args))
+                if row["status"] == "ok":
+                    row.update(limit, pct_of_gemm=100 * row["tflops"] / limit["gemm_tflops"])
             except torch.OutOfMemoryError:
                 row["status"] = "OOM"
             except Exception as exc:  # a peer that cannot run this shape is reported, not fatal
@@ -252,7 +265,20 @@ def cell_text(row: dict | None) -> str:
     if row.get("status") != "ok":
         return row.get("status", "—")
     spread = f"{row['ms_min']:,.1f}–{row['ms_max']:,.1f}"
-    return f"{row['ms']:,.1f} ms ({spread}) · {row['peak_mb']:,.0f} MB · {row['tflops']:.2f} TF/s"
+    gemm = f" ({row['pct_of_gemm']:.0f}% of GEMM)" if "pct_of_gemm" in row else ""
+    return f"{row['ms']:,.1f} ms ({spread}) · {row['peak_mb']:,.0f} MB · {row['tflops']:.2f} TF/s{gemm}"
+
+
+def limit_line(rows: list[dict], dtype: str) -> str:
+    """The same-process GEMM rates of a table's cells, as its "limit" line."""
+    rates = sorted(r["gemm_tflops"] for r in rows if r.get("dtype") == dtype and "gemm_tflops" in r)
+    if not rates:
+        return ""
+    size = next(r["gemm_size"] for r in rows if "gemm_size" in r)
+    return (f"Limit: a {size}³ {dtype} GEMM (`torch.mm`) in each cell's own process runs at {rates[len(rates) // 2]:.3f} "
+            f"TF/s (median; {rates[0]:.3f}–{rates[-1]:.3f}); each cell's TF/s is also given as a share of its "
+            f"process's GEMM rate. TF/s are equivalent rates: the op's FLOP formula over the time, whatever "
+            f"work a kernel saves (the symmetric schedules do less).")
 
 
 def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
@@ -265,7 +291,7 @@ def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
     for dtype in meta["dtypes"]:
         for pass_ in PASSES:
             cols = [m for m in methods if not (m == "flex" and pass_ == "fwd+bwd" and meta["device"] == "cpu")]
-            lines += [f"## {pass_}, {dtype}", "",
+            lines += [f"## {pass_}, {dtype}", "", *([limit_line(rows, dtype), ""] if limit_line(rows, dtype) else []),
                       "| grid (N) | " + " | ".join(cols) + f" | {mine} vs reference | {mine} vs sdpa+G | G build |",
                       "|---|" + "---|" * (len(cols) + 3)]
             for grid in meta["grids"]:

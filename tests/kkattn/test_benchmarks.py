@@ -21,6 +21,8 @@ def test_cells_time_correct_methods_and_flag_wrong_ones(tmp_path, monkeypatch):
     rows = attention.run_cell("kkattn-chunked", 6, "fp32", args, oracle)
     assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
     assert all(r["status"] == "ok" and r["ms"] > 0 and r["tflops"] > 0 and r["max_rel_err"] < 1e-5 for r in rows)
+    assert all(r["gemm_tflops"] > 0 and r["pct_of_gemm"] == 100 * r["tflops"] / r["gemm_tflops"] for r in rows)
+    assert "Limit: a 2048³ fp32 GEMM" in attention.limit_line(rows, "fp32")
 
     real = attention.make_fn
 
