@@ -1,8 +1,9 @@
 """Operator benchmark: kkattn's backends against the PyTorch reference and the best peers.
 
-    python -m benchmarks.attention [--quick] [--grids 16 32 64 128] [--batch 1] [--dtypes ...] [--reps 10]
+    python -m benchmarks.attention [--quick] [--grids 16 32 64 128 1x4096] [--batch 1] [--dtypes ...] [--reps 10]
 
-Rows are square grids (N = side²) with ViT-B's heads (H = 12, D = 64) and σ = 2, forward and
+Rows are token grids (``32`` is 32×32; ``1x4096`` is one row of 4096 tokens, which must cost what the
+square grid of the same N costs) with ViT-B's heads (H = 12, D = 64) and σ = 2, forward and
 forward+backward. Columns are every kkattn backend the device has (``cpu``, ``cuda``,
 ``triton``, ``chunked``), and:
 
@@ -105,23 +106,44 @@ def n2_bytes(method: str, batch: int, heads: int, n: int, pass_: str, elem: int)
     return 0
 
 
-def separable_prior(grid: int, sigma: float, dtype, device) -> torch.Tensor:
-    """G for a square grid as cheaply as PyTorch allows a user to build it: one multiply per entry,
+def parse_grid(spec) -> tuple[int, int]:
+    """``32`` → (32, 32); ``"1x4096"`` → (1, 4096)."""
+    text = str(spec).lower().replace("×", "x")
+    h, _, w = text.partition("x")
+    shape = (int(h), int(w or h))
+    if min(shape) <= 0:
+        raise ValueError(f"a grid must have positive sides, got {spec!r}")
+    return shape
+
+
+def grid_label(spec) -> str:
+    h, w = parse_grid(spec)
+    return f"{h}×{w}"
+
+
+def separable_prior(grid, sigma: float, dtype, device) -> torch.Tensor:
+    """G for an h×w grid as cheaply as PyTorch allows a user to build it: one multiply per entry,
     the outer product of the row and column factors g(Δr)·g(Δc)."""
-    idx = torch.arange(grid, device=device)
-    g = torch.exp(-((idx[:, None] - idx[None, :]).float() ** 2) / (2 * sigma * sigma))  # (grid, grid)
-    return (g[:, None, :, None] * g[None, :, None, :]).reshape(grid * grid, grid * grid).to(dtype)
+    h, w = parse_grid(grid)
+
+    def factor(n):
+        idx = torch.arange(n, device=device)
+        return torch.exp(-((idx[:, None] - idx[None, :]).float() ** 2) / (2 * sigma * sigma))
+
+    return (factor(h)[:, None, :, None] * factor(w)[None, :, None, :]).reshape(h * w, h * w).to(dtype)
 
 
-def make_fn(method: str, grid: int, sigma: float, dtype, device, form: str = "exp"):
+def make_fn(method: str, grid, sigma: float, dtype, device, form: str = "exp"):
     """``fn(k, v) -> out`` for a method (``form`` picks the FlexAttention score_mod)."""
     import kkattn
 
+    shape = parse_grid(grid)
+    width = shape[1]
     if method.startswith("kkattn-"):
         backend = method.split("-", 1)[1]
-        return lambda k, v: kkattn.neighborhood_kk_attention(k, v, sigma, grid=(grid, grid), backend=backend)
+        return lambda k, v: kkattn.neighborhood_kk_attention(k, v, sigma, grid=shape, backend=backend)
     if method == "reference":
-        return lambda k, v: kkattn.reference.neighborhood_kk_attention(k, v, sigma, grid=(grid, grid))
+        return lambda k, v: kkattn.reference.neighborhood_kk_attention(k, v, sigma, grid=shape)
     if method == "sdpa+G":
         def sdpa_g(k, v):
             return F.scaled_dot_product_attention(k, k, v, attn_mask=separable_prior(grid, sigma, k.dtype, k.device))
@@ -135,16 +157,16 @@ def make_fn(method: str, grid: int, sigma: float, dtype, device, form: str = "ex
         compiled = torch.compile(flex_attention, dynamic=False)
         if form == "exp":
             def score_mod(score, b, h, q, kv):
-                dr = (q // grid - kv // grid).to(torch.float32)
-                dc = (q % grid - kv % grid).to(torch.float32)
+                dr = (q // width - kv // width).to(torch.float32)
+                dc = (q % width - kv % width).to(torch.float32)
                 return score + torch.exp((dr * dr + dc * dc) * neg)
         elif form == "table":
-            table = torch.exp(torch.arange(grid, device=device, dtype=torch.float32) ** 2 * neg)
+            table = torch.exp(torch.arange(max(shape), device=device, dtype=torch.float32) ** 2 * neg)
 
             def score_mod(score, b, h, q, kv):
-                return score + table[(q // grid - kv // grid).abs()] * table[(q % grid - kv % grid).abs()]
+                return score + table[(q // width - kv // width).abs()] * table[(q % width - kv % width).abs()]
         else:
-            stored = kkattn.gaussian_prior((grid, grid), sigma, dtype=torch.float32, device=device)
+            stored = kkattn.gaussian_prior(shape, sigma, dtype=torch.float32, device=device)
 
             def score_mod(score, b, h, q, kv):
                 return score + stored[q, kv]
@@ -152,23 +174,25 @@ def make_fn(method: str, grid: int, sigma: float, dtype, device, form: str = "ex
     raise ValueError(method)
 
 
-def oracle_file(grid: int, args, dtype, folder: Path) -> Path:
+def oracle_file(grid, args, dtype, folder: Path) -> Path:
     """float64 output of head 0 on the benchmark's (dtype-rounded) inputs, computed once per grid."""
     import kkattn
 
-    path = folder / f"oracle_{grid}_{str(dtype).split('.')[-1]}.pt"
+    h, w = parse_grid(grid)
+    path = folder / f"oracle_{h}x{w}_{str(dtype).split('.')[-1]}.pt"
     if not path.exists():
-        k, v, _ = inputs(args.batch, args.heads, grid * grid, args.dim, dtype, "cpu")
+        k, v, _ = inputs(args.batch, args.heads, h * w, args.dim, dtype, "cpu")
         k, v = k[:1, :1].double(), v[:1, :1].double()
-        ref = kkattn.neighborhood_kk_attention(k, v, args.sigma, grid=(grid, grid), backend="chunked")
+        ref = kkattn.neighborhood_kk_attention(k, v, args.sigma, grid=(h, w), backend="chunked")
         torch.save(ref, path)
     return path
 
 
-def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> list[dict]:
+def run_cell(method: str, grid, dtype_name: str, args, oracle: Path) -> list[dict]:
     """Both passes of one method × grid × dtype, in this process. Returns one row per pass."""
     device, dtype = args.device, DTYPES[dtype_name]
-    n = grid * grid
+    h, w = parse_grid(grid)
+    n = h * w
     torch.manual_seed(0)
     k, v, dout = inputs(args.batch, args.heads, n, args.dim, dtype, device)
     ref = torch.load(oracle, weights_only=True)
@@ -176,7 +200,7 @@ def run_cell(method: str, grid: int, dtype_name: str, args, oracle: Path) -> lis
     rows = []
     forms = FLEX_FORMS if method == "flex" else ("",)
     for pass_ in PASSES:
-        base = {"method": method, "grid": grid, "n_tokens": n, "pass": pass_, "dtype": dtype_name}
+        base = {"method": method, "grid": grid_label(grid), "n_tokens": n, "pass": pass_, "dtype": dtype_name}
         if method == "flex" and pass_ == "fwd+bwd" and device == "cpu":
             rows.append({**base, "status": "n/a (FlexAttention has no CPU backward)"})
             continue
@@ -232,7 +256,7 @@ def _measure(method, form, grid, pass_, k, v, dout, ref, dtype, args) -> dict:
     timing = time_it(run, device, args.reps, warmup=1)
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if device == "cuda" else rss.growth_mb()
     result = {**timing, "peak_mb": peak, "max_rel_err": err, "status": "ok",
-              "tflops": flops(args.batch, args.heads, grid * grid, args.dim, pass_) / (timing["ms"] * 1e-3) / 1e12}
+              "tflops": flops(args.batch, args.heads, k.shape[2], args.dim, pass_) / (timing["ms"] * 1e-3) / 1e12}
     if method == "sdpa+G" and pass_ == "fwd":
         result["g_build_ms"] = time_it(lambda: separable_prior(grid, args.sigma, dtype, device), device, 3)["ms"]
     return result
@@ -242,7 +266,8 @@ def _subprocess_cell(method, grid, dtype_name, args, oracle: Path) -> list[dict]
     cmd = [sys.executable, "-m", "benchmarks.attention", "--cell", method, str(grid), dtype_name, str(oracle),
            "--batch", str(args.batch), "--heads", str(args.heads), "--dim", str(args.dim), "--sigma", str(args.sigma),
            "--reps", str(args.reps), "--device", args.device]
-    base = {"method": method, "grid": grid, "n_tokens": grid * grid, "dtype": dtype_name}
+    h, w = parse_grid(grid)
+    base = {"method": method, "grid": grid_label(grid), "n_tokens": h * w, "dtype": dtype_name}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cell_timeout)
     except subprocess.TimeoutExpired:
@@ -294,7 +319,7 @@ def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
             lines += [f"## {pass_}, {dtype}", "", *([limit_line(rows, dtype), ""] if limit_line(rows, dtype) else []),
                       "| grid (N) | " + " | ".join(cols) + f" | {mine} vs reference | {mine} vs sdpa+G | G build |",
                       "|---|" + "---|" * (len(cols) + 3)]
-            for grid in meta["grids"]:
+            for grid in map(grid_label, meta["grids"]):
                 by = {r["method"]: r for r in rows if r["grid"] == grid and r["pass"] == pass_ and r["dtype"] == dtype}
                 ratios = []
                 for other in ("reference", "sdpa+G"):
@@ -302,13 +327,14 @@ def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
                     ratios.append(ratio_text(a["ms"], b["ms"]) if a.get("status") == "ok" and b.get("status") == "ok" else "—")
                 g = next((r.get("g_build_ms") for r in rows if r["method"] == "sdpa+G" and r["grid"] == grid
                           and r["dtype"] == dtype and r.get("g_build_ms") is not None), None)
-                lines.append(f"| {grid}×{grid} ({grid * grid}) | " + " | ".join(cell_text(by.get(m)) for m in cols)
+                n = next((r["n_tokens"] for r in by.values()), "?")
+                lines.append(f"| {grid} ({n}) | " + " | ".join(cell_text(by.get(m)) for m in cols)
                              + " | " + " | ".join(ratios) + f" | {f'{g:,.1f} ms' if g is not None else '—'} |")
             lines.append("")
     flex = [r for r in rows if r["method"].startswith("flex[") and r.get("status") == "ok"]
     if flex:
         lines += ["FlexAttention forms (ms): " + "; ".join(
-            f"{r['grid']}² {r['pass']} {r['dtype']} {r['method'][5:-1]} {r['ms']:,.1f}" for r in flex), ""]
+            f"{r['grid']} {r['pass']} {r['dtype']} {r['method'][5:-1]} {r['ms']:,.1f}" for r in flex), ""]
     return "\n".join(lines)
 
 
@@ -324,8 +350,9 @@ def plot(rows: list[dict], methods: list[str], meta: dict, path: Path) -> str:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for col, pass_ in enumerate(PASSES):
         for m in methods:
-            pts = sorted((r["n_tokens"], r["ms"], r["peak_mb"]) for r in rows
-                         if r["method"] == m and r["pass"] == pass_ and r["dtype"] == dtype and r.get("status") == "ok")
+            pts = sorted((r["n_tokens"], r["ms"], r["peak_mb"]) for r in rows  # square grids: one line per method
+                         if r["method"] == m and r["pass"] == pass_ and r["dtype"] == dtype and r.get("status") == "ok"
+                         and len(set(r["grid"].split("×"))) == 1)
             if pts:
                 n, ms, mb = zip(*pts)
                 axes[0, col].plot(n, ms, marker="o", label=m)
@@ -352,7 +379,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attention", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16×16 and 32×32, 3 reps, no FlexAttention on CPU (~1 min)")
-    parser.add_argument("--grids", type=int, nargs="+", help="grid sides (default: 16 32 64 128)")
+    parser.add_argument("--grids", type=parse_grid, nargs="+", metavar="GRID",
+                        help="grid sides (32 = 32×32) or HxW (1x4096) (default: 16 32 64 128 1x4096; --quick: 16 32 1x1024)")
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default: 1)")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dim", type=int, default=64)
@@ -373,10 +401,11 @@ def main(argv=None) -> int:
     args.reps = args.reps or (3 if args.quick else 10)
     if args.cell:  # child process: one method × grid × dtype on the CPU
         method, grid, dtype_name, oracle = args.cell
-        print(json.dumps(run_cell(method, int(grid), dtype_name, args, Path(oracle))))
+        print(json.dumps(run_cell(method, grid, dtype_name, args, Path(oracle))))
         return 0
 
-    grids = args.grids or ([16, 32] if args.quick else [16, 32, 64, 128])
+    grids = [f"{h}x{w}" for h, w in (args.grids or (
+        [(16, 16), (32, 32), (1, 1024)] if args.quick else [(16, 16), (32, 32), (64, 64), (128, 128), (1, 4096)]))]
     dtypes = args.dtypes or (["fp32"] if args.device == "cpu" else ["bf16", "fp16"])
     methods = methods_for(args.device)
     if args.quick and args.device == "cpu":
@@ -407,14 +436,15 @@ def main(argv=None) -> int:
     cells = [(m, g, d) for d in dtypes for g in grids for m in methods]
     with tempfile.TemporaryDirectory() as tmp:
         for method, grid, dtype_name in tqdm(cells, desc="benchmark cells", unit="cell", dynamic_ncols=True):
-            if f"{method}@{grid}" in args.skip:
-                rows += [{"method": method, "grid": grid, "n_tokens": grid * grid, "pass": p, "dtype": dtype_name,
+            h, w = parse_grid(grid)
+            if {f"{method}@{grid}", f"{method}@{h}"} & set(args.skip) and (h == w or f"{method}@{grid}" in args.skip):
+                rows += [{"method": method, "grid": grid_label(grid), "n_tokens": h * w, "pass": p, "dtype": dtype_name,
                           "status": "not run (--skip)"} for p in PASSES]
                 continue
             elem = torch.finfo(DTYPES[dtype_name]).bits // 8
-            need = max(n2_bytes(method, args.batch, args.heads, grid * grid, p, elem) for p in PASSES)
+            need = max(n2_bytes(method, args.batch, args.heads, h * w, p, elem) for p in PASSES)
             if need > limit:
-                rows += [{"method": method, "grid": grid, "n_tokens": grid * grid, "pass": p, "dtype": dtype_name,
+                rows += [{"method": method, "grid": grid_label(grid), "n_tokens": h * w, "pass": p, "dtype": dtype_name,
                           "status": f"skipped (N×N buffers need {need / 2**30:.0f} GB)"} for p in PASSES]
                 continue
             oracle = oracle_file(grid, args, DTYPES[dtype_name], Path(tmp))

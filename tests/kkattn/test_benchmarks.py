@@ -35,7 +35,7 @@ def test_cells_time_correct_methods_and_flag_wrong_ones(tmp_path, monkeypatch):
 
 
 def test_report_lists_every_method():
-    rows = [{"method": m, "grid": 4, "n_tokens": 16, "pass": p, "dtype": "fp32", "status": "ok", "ms": 2.0,
+    rows = [{"method": m, "grid": "4×4", "n_tokens": 16, "pass": p, "dtype": "fp32", "status": "ok", "ms": 2.0,
              "ms_min": 1.0, "ms_max": 3.0, "peak_mb": 1.0, "tflops": 0.1, **({"g_build_ms": 0.5} if m == "sdpa+G" else {})}
             for m in ("kkattn-cpu", "reference", "sdpa+G") for p in attention.PASSES]
     meta = {"device": "cpu", "device_name": "test", "date": "today", "quick": True, "batch": 1, "heads": 2, "dim": 16,
@@ -48,5 +48,13 @@ def test_report_lists_every_method():
 def test_sdpa_prior_equals_kkattn_prior():
     import kkattn
 
-    torch.testing.assert_close(attention.separable_prior(7, 1.5, torch.float32, "cpu"),
-                               kkattn.gaussian_prior((7, 7), 1.5))
+    for grid, shape in ((7, (7, 7)), ("1x9", (1, 9)), ("3x5", (3, 5))):
+        torch.testing.assert_close(attention.separable_prior(grid, 1.5, torch.float32, "cpu"),
+                                   kkattn.gaussian_prior(shape, 1.5))
+
+
+def test_a_one_row_grid_is_a_cell_of_its_own(tmp_path):
+    args = _args()
+    oracle = attention.oracle_file("1x20", args, torch.float32, tmp_path)
+    rows = attention.run_cell("kkattn-chunked", "1x20", "fp32", args, oracle)
+    assert [(r["grid"], r["n_tokens"], r["status"]) for r in rows] == [("1×20", 20, "ok")] * 2
