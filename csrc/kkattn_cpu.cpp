@@ -191,31 +191,34 @@ Prior make_prior(const at::Tensor& sigma, int64_t n_tokens, int64_t grid_w, int6
   return prior;
 }
 
-// Column profile of a query at column c: profile[c'] = g_c(|c − c'|), c' < grid_w.
-void column_profile(float* profile, const float* g_col, int64_t c, int64_t grid_w) {
-  for (int64_t x = 0; x < grid_w; ++x) profile[x] = g_col[x > c ? x - c : c - x];
-}
-
 // Calls fn(a, b0, b1, dr, weight, run_profile) for each run of keys [b0, b1) (tile-local columns) on
-// one grid row whose row factor g_r(dr) is not negligible; run_profile[b − b0] = g_c(Δc) of key b.
+// one grid row whose largest prior entry g_r(dr)·g_c(nearest Δc) is not negligible (every run when
+// keep_negligible); run_profile[b − b0] = g_c(Δc) of key b, computed over the run's own columns only.
+// Skipping by the nearest column as well as by the row gap is what keeps wide grids (1×N) as cheap as
+// square ones: there every tile is on grid row 0, and only the column distance makes G vanish.
 template <typename Fn>
 void for_each_prior_run(const Prior& prior, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
                         float* profile, bool keep_negligible, Fn&& fn) {
   const int64_t gap = min_row_gap(i0, i0 + rows, j0, j0 + cols, prior.grid_w, prior.num_prefix);
   if (gap < 0) return;
   const float* g_row = prior.rows(h);
+  const float* g_col = prior.cols(h);
   if (!keep_negligible && g_row[gap] < kNegligiblePrior) return;  // the whole tile is negligible
   for (int64_t a = 0; a < rows; ++a) {
     const GridPos pa = grid_pos(i0 + a, prior.grid_w, prior.num_prefix);
     if (!pa.on_grid) continue;
-    column_profile(profile, prior.cols(h), pa.col, prior.grid_w);
     int64_t j = std::max(j0, prior.num_prefix);
     while (j < j0 + cols) {
       const GridPos pj = grid_pos(j, prior.grid_w, prior.num_prefix);
       const int64_t end = std::min(j0 + cols, j + (prior.grid_w - pj.col));
+      const int64_t c0 = pj.col, c1 = pj.col + (end - j);  // the run's grid columns [c0, c1)
       const int64_t dr = pa.row > pj.row ? pa.row - pj.row : pj.row - pa.row;
+      const int64_t nearest = pa.col < c0 ? c0 - pa.col : (pa.col >= c1 ? pa.col - (c1 - 1) : 0);
       const float w = g_row[dr];
-      if (keep_negligible || w >= kNegligiblePrior) fn(a, j - j0, end - j0, dr, w, profile + pj.col);
+      if (keep_negligible || w * g_col[nearest] >= kNegligiblePrior) {
+        for (int64_t c = c0; c < c1; ++c) profile[c - c0] = g_col[c > pa.col ? c - pa.col : pa.col - c];
+        fn(a, j - j0, end - j0, dr, w, profile);
+      }
       j = end;
     }
   }
@@ -281,9 +284,9 @@ bool use_pairs(int64_t batch_heads) { return batch_heads >= 2 * at::get_num_thre
 // Per-thread scratch for one tile pair of at most kTile × kTile.
 struct Scratch {
   std::vector<float> s, st, p, pt, dp, dpt, ds, profile;
-  Scratch(int64_t grid_w)
+  Scratch()
       : s(kTile * kTile), st(kTile * kTile), p(kTile * kTile), pt(kTile * kTile), dp(kTile * kTile),
-        dpt(kTile * kTile), ds(kTile * kTile), profile(std::max<int64_t>(grid_w, 1)) {}
+        dpt(kTile * kTile), ds(kTile * kTile), profile(kTile) {}
 };
 
 void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // both with leading dim kTile
@@ -422,7 +425,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   const int64_t items = pairs ? B * H : B * H * n_blocks;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    Scratch w(grid_w);
+    Scratch w;
     const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
     std::vector<float> m(span), l(span), d(span), acc(span * D);
     for (int64_t item = begin; item < end; ++item) {
@@ -497,7 +500,7 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   float *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    Scratch w(grid_w);
+    Scratch w;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;

@@ -22,6 +22,7 @@ CASES = [
     Case(2, 3, (9, 11), 32, num_prefix_tokens=1, sigma="tensor"),   # N = 100, CLS token, learnable σ
     Case(1, 2, (5, 13), 16, num_prefix_tokens=3, sigma="none"),     # N = 68, registers, no prior
     Case(1, 2, (1, 50), 32, sigma="tensor"),                        # a single row
+    Case(1, 2, (1, 200), 16, num_prefix_tokens=1, sigma="tensor"),  # a row across several blocks: G skipped by column
     Case(1, 1, (37, 1), 16, num_prefix_tokens=2, sigma="float"),    # a single column, N = 39
     Case(1, 2, (2, 2), 16, num_prefix_tokens=1, sigma="tensor"),    # N = 5 < one block
 ]
