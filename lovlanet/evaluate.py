@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         from .geo import GeoScene, aligned_labels
 
         with GeoScene(args.scene, args.bands, args.value_range) as scene:  # both rasters checked before the model
-            aligned_labels(scene, args.labels, ["c"], []).close()
+            aligned_labels(scene, args.labels).close()  # CRS, grid and extent: the classes come with the model
         model = load_model(args.checkpoint, map_location=device)
         check_variant(model, args.variant, args.checkpoint)
         classes = model.config.class_names

@@ -60,15 +60,14 @@ def has_rasterio() -> bool:
     return True
 
 
-def is_georeferenced(path) -> bool:
-    """Whether ``path`` should go through GDAL: a GDAL-only format, or a TIFF with a CRS or geotransform."""
+def georeferenced_bands(path) -> Optional[int]:
+    """The band count of ``path`` when it should go through GDAL (a GDAL-only format, or a TIFF with a CRS or
+    geotransform), else None; one look at the header."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in GDAL_SUFFIXES:
-        return False
-    if suffix not in (".tif", ".tiff"):
-        return True
-    if not has_rasterio():
+        return None
+    if suffix in (".tif", ".tiff") and not has_rasterio():
         import tifffile
 
         try:
@@ -78,24 +77,19 @@ def is_georeferenced(path) -> bool:
         except DataError:
             raise
         except Exception:
-            return False  # not readable as TIFF: the image reader reports it
-        return False
+            return None  # not readable as TIFF: the image reader reports it
+        return None
     rasterio = rasterio_for(path)
     with _opened(rasterio, path) as src:
-        return src.crs is not None or not src.transform.is_identity
+        if suffix in (".tif", ".tiff") and src.crs is None and src.transform.is_identity:
+            return None  # a plain TIFF: the image path (PNG masks)
+        return src.count
 
 
 def gdal_env():
     """The GDAL settings the tools read and write under (a bounded block cache)."""
     rasterio = rasterio_for("a raster")
     return rasterio.Env(GDAL_CACHEMAX=CACHE_MB)
-
-
-def band_count(path) -> int:
-    """The number of bands of a raster, from its header."""
-    rasterio = rasterio_for(path)
-    with _opened(rasterio, path) as src:
-        return src.count
 
 
 def _opened(rasterio, path):
@@ -322,7 +316,7 @@ class AlignedLabels:
         self.src.close()
 
 
-def aligned_labels(scene: GeoScene, path, class_names: Sequence[str], colours) -> AlignedLabels:
+def aligned_labels(scene: GeoScene, path, class_names: Sequence[str] = (), colours=()) -> AlignedLabels:
     """Open the label raster ``path`` for ``scene``: same CRS, same pixel size, grids offset by whole
     pixels, and the labels covering the scene; otherwise a :class:`DataError` saying which differs.
 
@@ -357,4 +351,4 @@ def aligned_labels(scene: GeoScene, path, class_names: Sequence[str], colours) -
 
 
 __all__ = ["GDAL_SUFFIXES", "AlignedLabels", "ClassRasterWriter", "GeoScene", "aligned_labels", "has_rasterio",
-           "is_georeferenced", "qgis_style", "rasterio_for"]
+           "georeferenced_bands", "qgis_style", "rasterio_for"]

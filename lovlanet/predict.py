@@ -27,13 +27,14 @@ from .checkpoints import atomic_write
 from .cli import (Parser, check_output_folder, check_variant, fraction, positive_int, resolve_device, run_cli,
                   tile_size)
 from .data.common import IMAGE_SUFFIXES, DataError, list_images, probe_image, read_image
-from .geo import GDAL_SUFFIXES, band_count, is_georeferenced
+from .geo import GDAL_SUFFIXES, georeferenced_bands
 from .inference import predict_image
 from .palette import colourize, legend, overlay
 
 
-def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
-    """Every input image, each checked from its header (readable, enough bands) before any work starts.
+def collect_inputs(inputs: list[str], bands=None) -> dict[Path, bool]:
+    """Every input image, each checked from its header (readable, enough bands) before any work starts,
+    mapped to whether it is a georeferenced raster.
 
     Two inputs with one stem (``a.png``, ``a.tif``) would write one ``a_mask.png``: that is an error.
     """
@@ -52,15 +53,18 @@ def collect_inputs(inputs: list[str], bands=None) -> list[Path]:
         raise DataError(f"no images in {', '.join(inputs)}")
     paths = list(dict.fromkeys(paths))
     seen: dict[str, Path] = {}
+    georeferenced: dict[Path, bool] = {}
     for path in paths:
         if path.stem in seen:
             raise DataError(f"{seen[path.stem]} and {path} would both be written as {path.stem}_mask.png: "
                             f"rename one or predict them into different --out folders")
         seen[path.stem] = path
-        count = band_count(path) if is_georeferenced(path) else probe_image(path)[2]
+        count = georeferenced_bands(path)
+        georeferenced[path] = count is not None
+        count = count if count is not None else probe_image(path)[2]
         if bands is not None and max(bands) >= count:
             raise DataError(f"{path} has {count} band(s); --bands {' '.join(map(str, bands))} were asked for")
-    return paths
+    return georeferenced
 
 
 def predict_georeferenced(model, path: Path, out: Path, bands, value_range, probabilities: bool, options) -> np.ndarray:
@@ -135,8 +139,8 @@ def main(argv=None) -> int:
     summary = {}
     options = dict(tile=args.tile or model.config.img_size, overlap=args.overlap, batch_size=args.batch_size,
                    device=device, amp=device.type == "cuda")
-    for path in tqdm(paths, desc="predicting", dynamic_ncols=True, disable=len(paths) == 1):
-        if is_georeferenced(path):
+    for path, georeferenced in tqdm(paths.items(), desc="predicting", dynamic_ncols=True, disable=len(paths) == 1):
+        if georeferenced:
             counts = predict_georeferenced(model, path, out, args.bands, args.value_range, args.probabilities, options)
         else:
             image = read_image(path, args.bands)

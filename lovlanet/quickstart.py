@@ -20,6 +20,7 @@ from kkattn._io import atomic_write_json
 
 from .checkpoints import atomic_write, atomic_write_text
 from .cli import Parser, check_output_folder, positive_int, run_cli, tile_size
+from .config import parse_variant, variant_name
 from .data import build_dataset
 from .inference import predict_image
 from .metrics import ConfusionMatrix, metrics_table
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
                       overwrite=True)
     train_set = build_dataset("synthetic", split="train", **options)
     val_set = build_dataset("synthetic", split="val", **options)  # the scenes training validates on
-    print(f"training a small '{cfg.model_config(['c']).variant}' LoVLANet on {len(train_set)} synthetic scenes for "
+    print(f"training a small '{variant_name(parse_variant(args.variant))}' LoVLANet on {len(train_set)} synthetic scenes for "
           f"{args.epochs} epochs (validation: {len(val_set)} scenes) ...")
     import warnings
 
