@@ -1,23 +1,29 @@
 // Fused CPU kernels for neighborhood key–key attention: O = softmax(scale·K Kᵀ + G) V.
 //
 // FlashAttention-style tiling: tile products go through the BLAS GEMM PyTorch links (sgemm_:
-// MKL/OpenBLAS), with the prior and the online softmax fused between them in vectorized loops.  Memory is O(B·H·N·D) plus per-thread tiles: never an N×N buffer.
+// MKL/OpenBLAS), with the prior and the softmax fused between them in vectorized loops.  Memory is
+// O(B·H·N·D) plus per-thread tiles: never an N×N buffer.
 //
 //  * Prior: separable, G(i, j) = g_r(Δr)·g_c(Δc), from per-call tables of exp(−t²/(2σ²)) — no exp
 //    per element.  For a query row, a run of keys on one grid row adds g_r(Δr)·profile[c..] (a
 //    contiguous axpy).  Runs and whole tiles whose largest G is below 2^-24 are skipped: exact to
 //    fp32 rounding (kNegligiblePrior in kkattn_math.h).
-//  * Forward: online softmax over key tiles; log-sum-exp saved.  The diagonal weight P_ii is
-//    accumulated apart from the rest of the row, and the off-diagonal output O' and weight p_off
-//    are written for the backward (kkattn/_ops.py: δ' without cancellation).
-//  * Backward: Q = K, so the logit tile S_iJ serves both P_iJ = exp(S_iJ − L_i) and
-//    P_Jiᵀ = exp(S_iJ − L_J): five GEMMs per ordered tile pair, from which dK_J and dV_J follow.
-//    On the diagonal P_ii is the forward's and dS_ii = −P_ii·δ'_i.
-//  * Two schedules (see use_pairs): a work item per (batch·head, row block) over all ordered tile
-//    pairs, or — with ≥ 2 (batch, head) items per thread — a work item per batch·head over each
-//    unordered pair once, updating both sides (S = KKᵀ is symmetric: a quarter fewer forward GEMMs,
-//    7 instead of 10 backward GEMMs per pair).  Every item owns the rows it writes: no atomics, a
-//    fixed order, bit-identical reruns.
+//  * Forward, two paths per (batch, head):
+//     - the symmetric smoother (see "the smoother" below): E_ij = exp(S_ij − c_i − c_j) is symmetric
+//       and ≤ 1, so one exp per unordered pair serves both rows, and the softmax needs no running max
+//       and no rescaling;
+//     - where the keys' range is too wide for it (Δ > 48), the online softmax over key tiles.
+//    Both save the log-sum-exp, accumulate the diagonal weight P_ii apart from the rest of the row,
+//    and write the off-diagonal output O' and weight p_off for the backward (kkattn/_ops.py: δ'
+//    without cancellation).
+//  * Backward: Q = K, so the logit tile S_iJ serves both P_iJ and P_Jiᵀ (from one exp of E on the
+//    smoother's path, two exps of S − lse otherwise): five GEMMs per ordered tile pair, from which
+//    dK_J and dV_J follow.  On the diagonal P_ii is the forward's and dS_ii = −P_ii·δ'_i.
+//  * Two schedules (see use_pairs): a work item per (batch·head, row block) over all ordered pairs,
+//    or — with ≥ 2 (batch, head) items per thread — a work item per batch·head over each unordered
+//    pair once, updating both sides (a quarter fewer forward GEMMs, 7 instead of 10 backward GEMMs
+//    per pair).  Partners come in strips of up to 256 tokens so the GEMMs are large.  Every item owns
+//    the rows it writes: no atomics, a fixed order, bit-identical reruns.
 //  * Parallel with at::parallel_for (OpenMP in PyTorch builds): honours torch.get_num_threads().
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -272,36 +278,194 @@ void check_output(const at::Tensor& t, at::IntArrayRef shape, const char* name) 
               "kkattn cpu kernel: ", name, " must be a contiguous float32 CPU tensor of shape ", shape);
 }
 
-// Two schedules, one tile routine each:
-//  * rows: a work item per (batch·head, block of rows), looping over every key block (all ordered
-//    tile pairs).  Enough items to keep every thread busy even for one head.
-//  * pairs: a work item per batch·head, visiting each unordered tile pair {i, j ≥ i} once and
-//    updating both sides from one logit tile — S = KKᵀ is symmetric, so this saves a quarter of the
+// Two schedules:
+//  * rows: a work item per (batch·head, block of kTile rows), against every key (all ordered pairs).
+//    Enough items to keep every thread busy even for one head.
+//  * pairs: a work item per batch·head, visiting each unordered pair of tokens once and updating
+//    both sides from one logit tile — S = KKᵀ is symmetric, so this saves a quarter of the
 //    forward's GEMM work and 30% of the backward's (7 GEMMs per pair instead of 10).  Used when
 //    there are at least two (batch, head) items per thread.
+// Both cut a block's partners into the diagonal tile (kTile × kTile, one-sided: it holds both
+// orders of its pairs) and strips of up to kStrip tokens: wide strips make the GEMMs large enough
+// to run near the BLAS's peak.
 bool use_pairs(int64_t batch_heads) { return batch_heads >= 2 * at::get_num_threads(); }
 
-// Per-thread scratch for one tile pair of at most kTile × kTile.
+constexpr int64_t kStrip = 256;  // partners per off-diagonal strip (a multiple of kTile)
+
+// Calls fn(j0, cols) for the partners of block [i0, i0 + rows): the diagonal tile, then strips of at
+// most kStrip over [from, i0) and [i0 + rows, N).  from = 0 visits every partner (all ordered pairs);
+// from = i0 only those after the block (each unordered pair once).
+template <typename Fn>
+void for_each_strip(int64_t i0, int64_t rows, int64_t from, int64_t N, Fn&& fn) {
+  fn(i0, rows);
+  for (int64_t j0 = from; j0 < i0; j0 += kStrip) fn(j0, std::min(kStrip, i0 - j0));
+  for (int64_t j0 = i0 + rows; j0 < N; j0 += kStrip) fn(j0, std::min(kStrip, N - j0));
+}
+
+// Per-thread scratch for one tile of at most kTile × kStrip (or kStrip × kTile), stored compactly
+// (leading dimension = the tile's column count).
 struct Scratch {
   std::vector<float> s, st, p, pt, dp, dpt, ds, profile;
   Scratch()
-      : s(kTile * kTile), st(kTile * kTile), p(kTile * kTile), pt(kTile * kTile), dp(kTile * kTile),
-        dpt(kTile * kTile), ds(kTile * kTile), profile(kTile) {}
+      : s(kTile * kStrip), st(kTile * kStrip), p(kTile * kStrip), pt(kTile * kStrip), dp(kTile * kStrip),
+        dpt(kTile * kStrip), ds(kTile * kStrip), profile(kStrip) {}
 };
 
-void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // both with leading dim kTile
+void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // src rows × cols → dst cols × rows
   for (int64_t a = 0; a < rows; ++a)
-    for (int64_t b = 0; b < cols; ++b) dst[b * kTile + a] = src[a * kTile + b];
+    for (int64_t b = 0; b < cols; ++b) dst[b * rows + a] = src[a * cols + b];
 }
 
-// Online-softmax step for `rows` query rows against `cols` keys: s (leading dim kTile) holds their
-// logits and becomes P; m, l, d, acc are those rows' running max, off-diagonal sum, diagonal weight
-// and off-diagonal P·V accumulator.  With `diagonal` (the keys are the rows' own tokens) entry
-// (a, a) goes to d instead of l and acc.
+struct Problem {
+  int64_t N, D;
+  float scale;
+  const Prior* prior;  // null: no prior
+};
+
+// S[ri × rj] = scale·K_i K_jᵀ + G_ij, compact.
+void logits(const Problem& pb, int64_t h, const float* k, int64_t i0, int64_t ri, int64_t j0, int64_t rj, float* s,
+            float* profile) {
+  mm(false, true, ri, rj, pb.D, pb.scale, k + i0 * pb.D, pb.D, k + j0 * pb.D, pb.D, 0.f, s, rj);
+  if (pb.prior) add_prior(s, rj, *pb.prior, h, i0, ri, j0, rj, profile);
+}
+
+// ------------------------------------------------------------------------------------ the smoother
+// Key–key attention is a symmetric kernel smoother.  With c_i = scale·‖k_i‖²/2 + g_i/2 (g_i = 1 on
+// the grid, 0 for prefix tokens), Cauchy–Schwarz and G ≤ 1 give S_ij − c_i − c_j =
+// −scale·‖k_i − k_j‖²/2 + G_ij − (g_i + g_j)/2 ≤ 0, so E_ij = exp(S_ij − c_i − c_j) is symmetric,
+// lies in [0, 1] and E_ii = 1, and with W_j = exp(c_j − c_max):
+//     softmax(S)_ij = E_ij W_j / l_i,   l_i = Σ_j E_ij W_j,   lse_i = c_i + c_max + log l_i.
+// So one exp per unordered pair serves both rows, the normaliser's shift is known before the loop
+// (no running max, no rescaled accumulator): acc_i = Σ_j E_ij Ṽ_j with Ṽ_j = W_j V_j, and l_i, l_j
+// are summed in the exp pass.  In the backward, P_ij = E_ij·W_j·r_i and P_ji = E_ij·W_i·r_j
+// with r_i = 1/l_i = exp(c_i + c_max − lse_i): one exp for both tiles instead of two.
+//
+// Range.  l_i ≥ E_ii W_i = W_i ≥ e^−Δ, Δ = max c − min c, and a term is lost only where E_ij W_j
+// falls below fp32's normal range, e^−87.3; so what a row loses is below N·e^(Δ − 87.3) of it.
+// For Δ ≤ kSmootherMaxSpread = 48 that is < 2^−24 (fp32's half-ulp) for any N ≤ 2^16·e^7 ≈ 7e7:
+// exact to fp32 rounding.  Beyond it (keys whose norms differ widely, saturated rows) the kernel
+// takes the online-softmax path, per (batch, head).  fp16/bf16 inputs are upcast to fp32 first,
+// so the bound is fp32's for every input dtype.
+constexpr float kSmootherMaxSpread = 48.f;
+
+// c_i = scale·‖k_i‖²/2 + g_i/2 for one (batch, head) into c[N]; returns the spread max c − min c
+// (NaN or +inf for non-finite keys, which then take the online path).
+// first_on_grid: the first token with a prior (N when there is none).
+float smoother_shifts(const float* k, int64_t N, int64_t D, float scale, int64_t first_on_grid, float* c) {
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* ki = k + i * D;
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t x = 0; x < D; ++x) sq += ki[x] * ki[x];
+    c[i] = 0.5f * scale * sq + (i >= first_on_grid ? 0.5f : 0.f);
+    lo = std::min(lo, c[i]);
+    hi = std::max(hi, c[i]);
+    if (!std::isfinite(c[i])) return std::numeric_limits<float>::quiet_NaN();
+  }
+  return hi - lo;
+}
+
+bool smoother_applies(float spread) { return spread <= kSmootherMaxSpread; }  // false for NaN
+
+// One (batch, head)'s smoother state: c (N), W = exp(c − c_max) (N), and either Ṽ = W·V (N × D,
+// forward) or r = exp(c + c_max − lse) (N, backward).
+struct Smoother {
+  std::vector<float> c, w, vt, r;
+  float c_max = 0.f;
+  bool on = false;
+
+  // Sets `on` and, when it is, c, W and c_max.
+  void prepare(const Problem& pb, const float* k) {
+    c.resize(pb.N);
+    w.resize(pb.N);
+    const int64_t first_on_grid = pb.prior ? pb.prior->num_prefix : pb.N;
+    on = pb.scale > 0.f && smoother_applies(smoother_shifts(k, pb.N, pb.D, pb.scale, first_on_grid, c.data()));
+    if (!on) return;
+    c_max = *std::max_element(c.begin(), c.end());
+    for (int64_t j = 0; j < pb.N; ++j) w[j] = std::exp(c[j] - c_max);
+  }
+  void prepare_forward(const Problem& pb, const float* k, const float* v) {
+    prepare(pb, k);
+    if (!on) return;
+    vt.resize(pb.N * pb.D);
+    for (int64_t j = 0; j < pb.N; ++j)
+      for (int64_t x = 0; x < pb.D; ++x) vt[j * pb.D + x] = w[j] * v[j * pb.D + x];
+  }
+  void prepare_backward(const Problem& pb, const float* k, const float* lse) {
+    prepare(pb, k);
+    if (!on) return;
+    r.resize(pb.N);
+    for (int64_t i = 0; i < pb.N; ++i) r[i] = std::exp(c[i] + c_max - lse[i]);
+  }
+};
+
+// e[b] = exp(s[b] − c_a − c_j[b]): one row of E (the backward's).
+KKATTN_CLONES void exp_centered(float* __restrict e, const float* __restrict s, float c_a,
+                                const float* __restrict c_j, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) store8(e + j, exp8(load8(s + j) - c_a - load8(c_j + j)));
+  for (; j < n; ++j) e[j] = exp_approx(s[j] - c_a - c_j[j]);
+}
+
+// The same for the forward: returns the row's Σ_b e[b]·w_j[b]
+// (its share of l_a) and, with colsum, adds e[b]·w_a to colsum[b] (the columns' shares of their l).
+KKATTN_CLONES float exp_pair(float* __restrict e, const float* __restrict s, float c_a, const float* __restrict c_j,
+                             const float* __restrict w_j, float w_a, float* __restrict colsum, int64_t n) {
+  v8f acc = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const v8f x = exp8(load8(s + j) - c_a - load8(c_j + j));
+    store8(e + j, x);
+    acc += x * load8(w_j + j);
+    if (colsum) store8(colsum + j, load8(colsum + j) + x * w_a);
+  }
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; j < n; ++j) {
+    e[j] = exp_approx(s[j] - c_a - c_j[j]);
+    sum += e[j] * w_j[j];
+    if (colsum) colsum[j] += e[j] * w_a;
+  }
+  return sum;
+}
+
+// p[b] = e[b]·(r_a·W[b]) and pt[b] = e[b]·(W_a·r[b]): P_iJ and P_Jiᵀ from one row of E.
+KKATTN_CLONES void scale_pair(float* __restrict p, float* __restrict pt, const float* __restrict e, float r_a,
+                              float w_a, const float* __restrict w, const float* __restrict r, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = e[j] * (r_a * w[j]);
+    pt[j] = e[j] * (w_a * r[j]);
+  }
+}
+
+// Smoother forward tile: rows i's off-diagonal sums l_i += E_ij W_j and acc_i (ri × D) += E_ij Ṽ_j,
+// and with both_sides l_j += E_ijᵀ W_i and acc_j += E_ijᵀ Ṽ_i.  On the diagonal tile E_ii is left out:
+// the caller adds the diagonal term W_i apart (for O' and p_off).
+void smoother_forward_tile(const Problem& pb, int64_t h, const float* k, const Smoother& sm, int64_t i0, int64_t ri,
+                           int64_t j0, int64_t rj, bool both_sides, float* l_i, float* acc_i, float* l_j,
+                           float* acc_j, Scratch& w) {
+  const int64_t D = pb.D;
+  float* e = w.s.data();
+  logits(pb, h, k, i0, ri, j0, rj, e, w.profile.data());
+  if (i0 == j0)
+    for (int64_t a = 0; a < ri; ++a) e[a * rj + a] = -std::numeric_limits<float>::infinity();  // exp → 0
+  for (int64_t a = 0; a < ri; ++a)
+    l_i[a] += exp_pair(e + a * rj, e + a * rj, sm.c[i0 + a], sm.c.data() + j0, sm.w.data() + j0, sm.w[i0 + a],
+                       both_sides ? l_j : nullptr, rj);
+  mm(false, false, ri, D, rj, 1.f, e, rj, sm.vt.data() + j0 * D, D, 1.f, acc_i, D);
+  if (both_sides) mm(true, false, rj, D, ri, 1.f, e, rj, sm.vt.data() + i0 * D, D, 1.f, acc_j, D);
+}
+
+// --------------------------------------------------------------------------- online-softmax path
+// Online-softmax step for `rows` query rows against `cols` keys: s (compact) holds their logits and
+// becomes P; m, l, d, acc are those rows' running max, off-diagonal sum, diagonal weight and
+// off-diagonal P·V accumulator.  With `diagonal` (the keys are the rows' own tokens) entry (a, a) goes
+// to d instead of l and acc.
 void softmax_step(float* s, int64_t rows, int64_t cols, bool diagonal, float* m, float* l, float* d, float* acc,
                   const float* v, int64_t D) {
   for (int64_t a = 0; a < rows; ++a) {
-    float* sa = s + a * kTile;
+    float* sa = s + a * cols;
     const float alpha = online_softmax_update(m[a], row_max(sa, cols));
     float s_diag = 0.f;
     if (diagonal) {
@@ -316,14 +480,8 @@ void softmax_step(float* s, int64_t rows, int64_t cols, bool diagonal, float* m,
     }
     if (alpha != 1.f) scale_row(acc + a * D, alpha, D);
   }
-  mm(false, false, rows, D, cols, 1.f, s, kTile, v, D, 1.f, acc, D);
+  mm(false, false, rows, D, cols, 1.f, s, cols, v, D, 1.f, acc, D);
 }
-
-struct Problem {
-  int64_t N, D;
-  float scale;
-  const Prior* prior;  // null: no prior
-};
 
 // Running softmax state (max, off-diagonal sum, diagonal weight, off-diagonal P·V accumulator) of a
 // range of rows, starting at its first row.
@@ -335,20 +493,18 @@ struct RowState {
   RowState rows_from(int64_t offset, int64_t D) const { return {m + offset, l + offset, d + offset, acc + offset * D}; }
 };
 
-// Forward tile (i, j): rows i (state si) attend to keys j; with both_sides (state sj) also rows j
-// attend to keys i.
+// Online forward tile (i, j): rows i (state si) attend to keys j; with both_sides (state sj) also
+// rows j attend to keys i.
 void forward_tile(const Problem& pb, int64_t h, const float* k, const float* v, int64_t i0, int64_t ri, int64_t j0,
                   int64_t rj, bool both_sides, const RowState& si, const RowState& sj, Scratch& w) {
   const int64_t D = pb.D;
-  mm(false, true, ri, rj, D, pb.scale, k + i0 * D, D, k + j0 * D, D, 0.f, w.s.data(), kTile);
-  if (pb.prior) add_prior(w.s.data(), kTile, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
+  logits(pb, h, k, i0, ri, j0, rj, w.s.data(), w.profile.data());
   if (both_sides) transpose(w.st.data(), w.s.data(), ri, rj);
   softmax_step(w.s.data(), ri, rj, i0 == j0, si.m, si.l, si.d, si.acc, v + j0 * D, D);
   if (both_sides) softmax_step(w.st.data(), rj, ri, false, sj.m, sj.l, sj.d, sj.acc, v + i0 * D, D);
 }
 
-// Backward tile (i, J): adds rows i's share to dK_J, dV_J (and with both_sides rows J's share to
-// dK_i, dV_i); returns this tile's Σ dS·G·d² (dσ·σ³) when need_dsigma.
+// ------------------------------------------------------------------------------------- backward
 // Per-row statistics of one (batch, head) for the backward (kkattn/_ops.py): the forward's lse,
 // δ, δ' = δ − dP_ii and the forward's P_ii.
 struct RowStats {
@@ -358,42 +514,49 @@ struct RowStats {
   const float* p_diag;
 };
 
+// Backward tile (i, J), ri × rj: adds rows i's share to dK_J, dV_J (and with both_sides rows J's
+// share to dK_i, dV_i); returns this tile's Σ dS·G·d² (dσ·σ³) when need_dsigma.  P comes from the
+// smoother when sm.on (one exp for P_iJ and P_Jiᵀ), else from the lse (two).
 double backward_tile(const Problem& pb, int64_t h, const float* k, const float* v, const float* dout,
-                     const RowStats& st, int64_t i0, int64_t ri, int64_t j0, int64_t rj,
+                     const RowStats& st, const Smoother& sm, int64_t i0, int64_t ri, int64_t j0, int64_t rj,
                      bool both_sides, bool need_dsigma, float* dk, float* dv, Scratch& w) {
   const float *lse = st.lse, *delta = st.delta;
-  const int64_t D = pb.D;
+  const int64_t D = pb.D, ld = rj;
   float *s = w.s.data(), *p = w.p.data(), *pt = w.pt.data(), *dp = w.dp.data(), *dpt = w.dpt.data(), *ds = w.ds.data();
-  // S_iJ = scale·K_i K_Jᵀ + G_iJ, once for both P_iJ and P_Jiᵀ.
-  mm(false, true, ri, rj, D, pb.scale, k + i0 * D, D, k + j0 * D, D, 0.f, s, kTile);
-  if (pb.prior) add_prior(s, kTile, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
+  logits(pb, h, k, i0, ri, j0, rj, s, w.profile.data());  // once for both P_iJ and P_Jiᵀ
   for (int64_t a = 0; a < ri; ++a) {
-    std::copy(s + a * kTile, s + a * kTile + rj, p + a * kTile);
-    exp_shift_sum(p + a * kTile, rj, lse[i0 + a]);                 // P_iJ
-    exp_shift_vec(pt + a * kTile, s + a * kTile, lse + j0, rj);   // P_Jiᵀ
+    const int64_t o = a * ld;
+    if (sm.on) {
+      exp_centered(ds + o, s + o, sm.c[i0 + a], sm.c.data() + j0, rj);  // E (ds is free until below)
+      scale_pair(p + o, pt + o, ds + o, sm.r[i0 + a], sm.w[i0 + a], sm.w.data() + j0, sm.r.data() + j0, rj);
+    } else {
+      std::copy(s + o, s + o + rj, p + o);
+      exp_shift_sum(p + o, rj, lse[i0 + a]);                 // P_iJ
+      exp_shift_vec(pt + o, s + o, lse + j0, rj);            // P_Jiᵀ
+    }
   }
   if (i0 == j0)  // the diagonal: the forward's P_ii (exact where the softmax saturates)
-    for (int64_t a = 0; a < ri; ++a) p[a * kTile + a] = pt[a * kTile + a] = st.p_diag[i0 + a];
-  mm(true, false, rj, D, ri, 1.f, p, kTile, dout + i0 * D, D, 1.f, dv + j0 * D, D);    // dV_J += P_iJᵀ dO_i
-  if (both_sides) mm(false, false, ri, D, rj, 1.f, pt, kTile, dout + j0 * D, D, 1.f, dv + i0 * D, D);  // dV_i += P_Jiᵀ dO_J
-  mm(false, true, ri, rj, D, 1.f, dout + i0 * D, D, v + j0 * D, D, 0.f, dp, kTile);    // dP_iJ
-  mm(false, true, ri, rj, D, 1.f, v + i0 * D, D, dout + j0 * D, D, 0.f, dpt, kTile);   // dP_Jiᵀ
+    for (int64_t a = 0; a < ri; ++a) p[a * ld + a] = pt[a * ld + a] = st.p_diag[i0 + a];
+  mm(true, false, rj, D, ri, 1.f, p, ld, dout + i0 * D, D, 1.f, dv + j0 * D, D);    // dV_J += P_iJᵀ dO_i
+  if (both_sides) mm(false, false, ri, D, rj, 1.f, pt, ld, dout + j0 * D, D, 1.f, dv + i0 * D, D);  // dV_i += P_Jiᵀ dO_J
+  mm(false, true, ri, rj, D, 1.f, dout + i0 * D, D, v + j0 * D, D, 0.f, dp, ld);    // dP_iJ
+  mm(false, true, ri, rj, D, 1.f, v + i0 * D, D, dout + j0 * D, D, 0.f, dpt, ld);   // dP_Jiᵀ
   for (int64_t a = 0; a < ri; ++a) {
-    const int64_t o = a * kTile;
+    const int64_t o = a * ld;
     // dS_iJ into ds; dS_iJ + dS_Jiᵀ into s (the logits are no longer needed).
     logit_grads(ds + o, s + o, p + o, dp + o, delta[i0 + a], pt + o, dpt + o, delta + j0, rj);
   }
   if (i0 == j0)  // dS_ii = −P_ii·δ'_i, free of the cancellation in dP_ii − δ_i
     for (int64_t a = 0; a < ri; ++a) {
-      const int64_t e = a * kTile + a;
+      const int64_t e = a * ld + a;
       ds[e] = -p[e] * st.delta_diag[i0 + a];
       s[e] = 2.f * ds[e];  // dS_ii + dS_iiᵀ
     }
-  mm(true, false, rj, D, ri, pb.scale, s, kTile, k + i0 * D, D, 1.f, dk + j0 * D, D);  // dK_J += scale·Tᵀ K_i
-  if (both_sides) mm(false, false, ri, D, rj, pb.scale, s, kTile, k + j0 * D, D, 1.f, dk + i0 * D, D);  // dK_i
+  mm(true, false, rj, D, ri, pb.scale, s, ld, k + i0 * D, D, 1.f, dk + j0 * D, D);  // dK_J += scale·Tᵀ K_i
+  if (both_sides) mm(false, false, ri, D, rj, pb.scale, s, ld, k + j0 * D, D, 1.f, dk + i0 * D, D);  // dK_i
   if (!need_dsigma) return 0.0;
   // Ordered pairs (i, J) and, with both_sides, (J, i): Σ (dS_iJ + dS_Jiᵀ)·G·d² since G, d² are symmetric.
-  return prior_grad_sum(both_sides ? s : ds, kTile, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
+  return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
 }
 
 }  // namespace
@@ -426,41 +589,70 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
+    Smoother sm;
     const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
     std::vector<float> m(span), l(span), d(span), acc(span * D);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const float *kbh = kp + bh * N * D, *vbh = vp + bh * N * D;
+      const int64_t first_row = pairs ? 0 : (item % n_blocks) * kTile;
+      const int64_t last_row = pairs ? N : std::min(first_row + kTile, N);
+      const auto write_row = [&](int64_t row, const float* acc_row, float diag, float off, float log_norm) {
+        const float total = off + diag, inv = 1.f / total;
+        const float* v_row = vbh + row * D;
+        float* dst = op + (bh * N + row) * D;
+        for (int64_t x = 0; x < D; ++x) dst[x] = (acc_row[x] + diag * v_row[x]) * inv;
+        lp[bh * N + row] = log_norm + std::log(total);
+        if (oop) {
+          float* dst_off = oop + (bh * N + row) * D;
+          for (int64_t x = 0; x < D; ++x) dst_off[x] = acc_row[x] * inv;
+          pop[bh * N + row] = off * inv;
+        }
+      };
+      sm.prepare_forward(pb, kbh, vbh);
+      if (sm.on) {
+        std::fill(l.begin(), l.end(), 0.f);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        if (pairs) {
+          for (int64_t i0 = 0; i0 < N; i0 += kTile) {
+            const int64_t ri = std::min(kTile, N - i0);
+            for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) {
+              smoother_forward_tile(pb, h, kbh, sm, i0, ri, j0, rj, j0 != i0, l.data() + i0, acc.data() + i0 * D,
+                                    l.data() + j0, acc.data() + j0 * D, w);
+            });
+          }
+        } else {
+          for_each_strip(first_row, last_row - first_row, 0, N, [&](int64_t j0, int64_t rj) {
+            smoother_forward_tile(pb, h, kbh, sm, first_row, last_row - first_row, j0, rj, false, l.data(),
+                                  acc.data(), nullptr, nullptr, w);
+          });
+        }
+        for (int64_t row = first_row; row < last_row; ++row) {
+          const int64_t a = row - first_row;
+          write_row(row, acc.data() + a * D, sm.w[row], l[a], sm.c[row] + sm.c_max);
+        }
+        continue;
+      }
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
       std::fill(d.begin(), d.end(), 0.f);
       std::fill(acc.begin(), acc.end(), 0.f);
       const RowState state{m.data(), l.data(), d.data(), acc.data()};  // rows first_row .. last_row − 1
-      int64_t first_row = 0, last_row = N;
       if (pairs) {
-        for (int64_t i0 = 0; i0 < N; i0 += kTile)
-          for (int64_t j0 = i0; j0 < N; j0 += kTile)
-            forward_tile(pb, h, kbh, vbh, i0, std::min(kTile, N - i0), j0, std::min(kTile, N - j0), j0 != i0,
-                         state.rows_from(i0, D), state.rows_from(j0, D), w);
+        for (int64_t i0 = 0; i0 < N; i0 += kTile) {
+          const int64_t ri = std::min(kTile, N - i0);
+          for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) {
+            forward_tile(pb, h, kbh, vbh, i0, ri, j0, rj, j0 != i0, state.rows_from(i0, D), state.rows_from(j0, D), w);
+          });
+        }
       } else {
-        first_row = (item % n_blocks) * kTile;
-        last_row = std::min(first_row + kTile, N);
-        for (int64_t j0 = 0; j0 < N; j0 += kTile)
-          forward_tile(pb, h, kbh, vbh, first_row, last_row - first_row, j0, std::min(kTile, N - j0), false, state,
-                       state, w);
+        for_each_strip(first_row, last_row - first_row, 0, N, [&](int64_t j0, int64_t rj) {
+          forward_tile(pb, h, kbh, vbh, first_row, last_row - first_row, j0, rj, false, state, state, w);
+        });
       }
       for (int64_t row = first_row; row < last_row; ++row) {
-        const int64_t a = row - (pairs ? 0 : first_row);
-        const float total = l[a] + d[a], inv = 1.f / total;
-        const float* v_row = vbh + row * D;
-        float* dst = op + (bh * N + row) * D;
-        for (int64_t x = 0; x < D; ++x) dst[x] = (acc[a * D + x] + d[a] * v_row[x]) * inv;
-        lp[bh * N + row] = m[a] + std::log(total);
-        if (oop) {
-          float* dst_off = oop + (bh * N + row) * D;
-          for (int64_t x = 0; x < D; ++x) dst_off[x] = acc[a * D + x] * inv;
-          pop[bh * N + row] = l[a] * inv;
-        }
+        const int64_t a = row - first_row;
+        write_row(row, acc.data() + a * D, d[a], l[a], m[a]);
       }
     }
   });
@@ -501,26 +693,29 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
+    Smoother sm;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;
       const RowStats st{lp + bh * N, deltap + bh * N, ddp + bh * N, pdp + bh * N};
+      sm.prepare_backward(pb, kp + off, st.lse);
       double dsig = 0.0;
+      const auto tile = [&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
+        dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, sm, i0, ri, j0, rj, both_sides, need_dsigma,
+                              dkp + off, dvp + off, w);
+      };
       if (pairs) {  // this item owns all of (b, h)'s dK and dV
         std::fill(dkp + off, dkp + off + N * D, 0.f);
         std::fill(dvp + off, dvp + off + N * D, 0.f);
-        for (int64_t j0 = 0; j0 < N; j0 += kTile)
-          for (int64_t i0 = 0; i0 <= j0; i0 += kTile)
-            dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, i0,
-                                  std::min(kTile, N - i0), j0, std::min(kTile, N - j0), i0 != j0, need_dsigma,
-                                  dkp + off, dvp + off, w);
-      } else {  // this item owns key block J's rows of dK and dV
+        for (int64_t i0 = 0; i0 < N; i0 += kTile) {
+          const int64_t ri = std::min(kTile, N - i0);
+          for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) { tile(i0, ri, j0, rj, j0 != i0); });
+        }
+      } else {  // this item owns key block J's rows of dK and dV, against strips of rows i
         const int64_t j0 = (item % n_blocks) * kTile, rj = std::min(kTile, N - j0);
         std::fill(dkp + off + j0 * D, dkp + off + (j0 + rj) * D, 0.f);
         std::fill(dvp + off + j0 * D, dvp + off + (j0 + rj) * D, 0.f);
-        for (int64_t i0 = 0; i0 < N; i0 += kTile)
-          dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, i0,
-                                std::min(kTile, N - i0), j0, rj, false, need_dsigma, dkp + off, dvp + off, w);
+        for_each_strip(j0, rj, 0, N, [&](int64_t i0, int64_t ri) { tile(i0, ri, j0, rj, false); });
       }
       if (need_dsigma) dsigma_part[item] = dsig;
     }
@@ -539,6 +734,24 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   }
 }
 
+// The smoother's range check per (batch, head): (B, H) float32 spreads max c − min c (NaN for
+// non-finite keys).  The kernels take the smoother where spread <= smoother_max_spread().  For
+// benchmarks and tests that report or steer the path; the kernels compute it themselves.
+at::Tensor smoother_spread(const at::Tensor& k_in, bool prior, int64_t num_prefix, double scale) {
+  TORCH_CHECK(k_in.device().is_cpu() && k_in.dim() == 4, "kkattn cpu kernel: k must be a (B, H, N, D) CPU tensor");
+  const auto k = k_in.to(at::kFloat).contiguous();
+  const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
+  auto spread = at::empty({B, H}, k.options());
+  float* out = spread.data_ptr<float>();
+  std::vector<float> c(N);
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    out[bh] = smoother_shifts(k.data_ptr<float>() + bh * N * D, N, D, static_cast<float>(scale),
+                              prior ? num_prefix : N, c.data());
+  return spread;
+}
+
+double smoother_max_spread() { return kSmootherMaxSpread; }
+
 }  // namespace cpu
 }  // namespace kkattn
 
@@ -554,6 +767,8 @@ std::string build_info() {
 
 TORCH_LIBRARY(kkattn_C, m) {
   m.def("build_info() -> str", &build_info);
+  m.def("smoother_max_spread() -> float", &kkattn::cpu::smoother_max_spread);
+  m.def("smoother_spread(Tensor k, bool prior, int num_prefix_tokens, float scale) -> Tensor");
   m.def(
       "forward(Tensor k, Tensor v, Tensor? sigma, int grid_w, int num_prefix_tokens, float scale, "
       "Tensor(a!) out, Tensor(b!) lse, Tensor(c!)? out_off, Tensor(d!)? p_off) -> ()");
@@ -566,4 +781,5 @@ TORCH_LIBRARY(kkattn_C, m) {
 TORCH_LIBRARY_IMPL(kkattn_C, CPU, m) {
   m.impl("forward", &kkattn::cpu::forward);
   m.impl("backward", &kkattn::cpu::backward);
+  m.impl("smoother_spread", &kkattn::cpu::smoother_spread);
 }

@@ -58,3 +58,13 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, del
     torch.ops.kkattn_C.backward(dout, k, v, lse, delta, delta_diag, p_diag, sigma, grid_w, num_prefix_tokens, scale,
                                 need_dsigma, dk32, dv32, dsigma)
     return dk32, dv32, dsigma
+
+
+def smoother_path(k: Tensor, has_prior: bool, num_prefix_tokens: int, scale: float) -> str:
+    """Which forward/backward path the kernel takes for these keys: ``"smoother"`` (every (batch,
+    head) within the smoother's range), ``"online"`` (none: the online-softmax fallback) or
+    ``"mixed"``.  ``k``: ``(B, H, N, D)``.  The kernel decides per (batch, head) from the spread of
+    c_i = scale·‖k_i‖²/2 + g_i/2 (csrc/kkattn_cpu.cpp); this asks the same C++ code."""
+    spread = torch.ops.kkattn_C.smoother_spread(k.detach().cpu(), has_prior, num_prefix_tokens, scale)
+    inside = spread <= torch.ops.kkattn_C.smoother_max_spread()  # NaN: outside
+    return "smoother" if bool(inside.all()) else ("online" if not bool(inside.any()) else "mixed")

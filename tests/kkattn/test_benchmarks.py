@@ -34,6 +34,20 @@ def test_cells_time_correct_methods_and_flag_wrong_ones(tmp_path, monkeypatch):
     assert all(r["status"].startswith("WRONG") and "ms" not in r for r in rows)
 
 
+def test_cpu_kernel_cells_report_their_path_and_actual_work(tmp_path):
+    from kkattn.backends import _REGISTRY
+    if not _REGISTRY["cpu"].status().available:
+        import pytest
+        pytest.skip("the C++ kernel is not built")
+    args = _args(heads=2 * torch.get_num_threads())  # the tile-pair schedule
+    rows = attention.run_cell("kkattn-cpu", 6, "fp32", args, attention.oracle_file(6, args, torch.float32, tmp_path))
+    assert [r["path"] for r in rows] == ["smoother", "smoother"]
+    fwd, both = rows
+    assert fwd["actual_tflops"] == fwd["tflops"] * 3 / 4 and both["actual_tflops"] == both["tflops"] * 10 / 14
+    text = attention.cell_text({**fwd, "pct_of_gemm": 80.0, "actual_pct_of_gemm": 60.0})
+    assert "(80% of GEMM; actual 60%) · smoother" in text
+
+
 def test_report_lists_every_method():
     rows = [{"method": m, "grid": "4×4", "n_tokens": 16, "pass": p, "dtype": "fp32", "status": "ok", "ms": 2.0,
              "ms_min": 1.0, "ms_max": 3.0, "peak_mb": 1.0, "tflops": 0.1, **({"g_build_ms": 0.5} if m == "sdpa+G" else {})}
