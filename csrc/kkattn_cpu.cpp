@@ -76,13 +76,15 @@ void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-__attribute__((always_inline)) inline v8f load8(const float* p) {
-  v8f v;
+template <typename V>
+__attribute__((always_inline)) inline V load(const float* p) {  // unaligned vector load
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-__attribute__((always_inline)) inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+template <typename V>
+__attribute__((always_inline)) inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 
 template <typename F, typename I>
 __attribute__((always_inline)) inline F exp_poly(F x) {
@@ -116,14 +118,6 @@ __attribute__((always_inline)) inline v8f exp8(v8f x) { return exp_poly<v8f, v8i
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
-__attribute__((always_inline)) inline v16f load16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-__attribute__((always_inline)) inline void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
-
 // The scalar tail uses the same polynomial on one lane, so results do not depend on alignment.
 __attribute__((always_inline)) inline float exp_approx(float x) {
   v8f v = {x};
@@ -142,8 +136,8 @@ KKATTN_CLONES float exp_shift_sum(float* s, int64_t n, float shift) {
   v16f acc = {};
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    const v16f e = exp_poly<v16f, v16i>(load16(s + j) - shift);
-    store16(s + j, e);
+    const v16f e = exp_poly<v16f, v16i>(load<v16f>(s + j) - shift);
+    store<v16f>(s + j, e);
     acc += e;
   }
   float sum = 0.f;
@@ -159,7 +153,7 @@ KKATTN_CLONES float exp_shift_sum(float* s, int64_t n, float shift) {
 KKATTN_CLONES void exp_shift_vec(float* __restrict dst, const float* __restrict s, const float* __restrict shift,
                                  int64_t n) {
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) store16(dst + j, exp_poly<v16f, v16i>(load16(s + j) - load16(shift + j)));
+  for (; j + 16 <= n; j += 16) store<v16f>(dst + j, exp_poly<v16f, v16i>(load<v16f>(s + j) - load<v16f>(shift + j)));
   for (; j < n; ++j) dst[j] = exp_approx(s[j] - shift[j]);
 }
 
@@ -418,7 +412,7 @@ struct Smoother {
 KKATTN_CLONES void exp_centered(float* __restrict e, const float* __restrict s, float c_a,
                                 const float* __restrict c_j, int64_t n) {
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) store16(e + j, exp_poly<v16f, v16i>(load16(s + j) - c_a - load16(c_j + j)));
+  for (; j + 16 <= n; j += 16) store<v16f>(e + j, exp_poly<v16f, v16i>(load<v16f>(s + j) - c_a - load<v16f>(c_j + j)));
   for (; j < n; ++j) e[j] = exp_approx(s[j] - c_a - c_j[j]);
 }
 
@@ -431,10 +425,10 @@ __attribute__((always_inline)) inline float exp_pair_body(float* e, float c_a, c
   v16f acc = {};
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    const v16f x = exp_poly<v16f, v16i>(load16(e + j) - c_a - load16(c_j + j));
-    store16(e + j, x);
-    acc += x * load16(w_j + j);
-    if constexpr (kCols) store16(colsum + j, load16(colsum + j) + x * w_a);
+    const v16f x = exp_poly<v16f, v16i>(load<v16f>(e + j) - c_a - load<v16f>(c_j + j));
+    store<v16f>(e + j, x);
+    acc += x * load<v16f>(w_j + j);
+    if constexpr (kCols) store<v16f>(colsum + j, load<v16f>(colsum + j) + x * w_a);
   }
   float sum = 0.f;
   for (int lane = 0; lane < 16; ++lane) sum += acc[lane];
