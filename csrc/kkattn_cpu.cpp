@@ -404,7 +404,8 @@ struct Smoother {
     prepare(pb, k);
     if (!on) return;
     r.resize(pb.N);
-    for (int64_t i = 0; i < pb.N; ++i) r[i] = std::exp(c[i] + c_max - lse[i]);
+    // r = exp(c + c_max − lse) with its exponent as (c_max − c) − (lse − 2c): two small terms.
+    for (int64_t i = 0; i < pb.N; ++i) r[i] = std::exp((c_max - c[i]) - (lse[i] - 2.f * c[i]));
   }
 };
 
@@ -620,12 +621,12 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
       const float *kbh = kp + bh * N * D, *vbh = vp + bh * N * D;
       const int64_t first_row = pairs ? 0 : (item % n_blocks) * kTile;
       const int64_t last_row = pairs ? N : std::min(first_row + kTile, N);
-      const auto write_row = [&](int64_t row, const float* acc_row, float diag, float off, float log_norm) {
+      const auto write_row = [&](int64_t row, const float* acc_row, float diag, float off, float row_lse) {
         const float total = off + diag, inv = 1.f / total;
         const float* v_row = vbh + row * D;
         float* dst = op + (bh * N + row) * D;
         for (int64_t x = 0; x < D; ++x) dst[x] = (acc_row[x] + diag * v_row[x]) * inv;
-        lp[bh * N + row] = log_norm + std::log(total);
+        lp[bh * N + row] = row_lse;
         if (oop) {
           float* dst_off = oop + (bh * N + row) * D;
           for (int64_t x = 0; x < D; ++x) dst_off[x] = acc_row[x] * inv;
@@ -652,7 +653,8 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
         }
         for (int64_t row = first_row; row < last_row; ++row) {
           const int64_t a = row - first_row;
-          write_row(row, acc.data() + a * D, sm.w[row], l[a], sm.c[row] + sm.c_max);
+          // lse = c + c_max + log(W + l) = S_ii + log1p(l/W): without c_max's magnitude in it.
+          write_row(row, acc.data() + a * D, sm.w[row], l[a], 2.f * sm.c[row] + std::log1p(l[a] / sm.w[row]));
         }
         continue;
       }
@@ -675,7 +677,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
       }
       for (int64_t row = first_row; row < last_row; ++row) {
         const int64_t a = row - first_row;
-        write_row(row, acc.data() + a * D, d[a], l[a], m[a]);
+        write_row(row, acc.data() + a * D, d[a], l[a], m[a] + std::log(l[a] + d[a]));
       }
     }
   });

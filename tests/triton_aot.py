@@ -49,7 +49,8 @@ def _signature(launch):
     for name, value in zip(positional, launch.args):
         index = names.index(name)
         if isinstance(value, torch.Tensor):
-            signature[name] = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[value.dtype]
+            signature[name] = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                                     torch.int32: "i32"}[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         elif isinstance(value, float):
             signature[name] = "fp32"

@@ -99,8 +99,49 @@ def _program_head(K, V, NEG_COEF, stride_kb, stride_kh, stride_vb, stride_vh, he
 
 
 @triton.jit
+def _fwd_inner(acc, l_i, d_i, m_i, q, k_base, v_base, start_m, offs_m, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
+               n_tokens, grid_w, num_prefix, neg_coef, sm_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_PRIOR: tl.constexpr, DOT_UPCAST: tl.constexpr,
+               INPUT_PRECISION: tl.constexpr, STATIC: tl.constexpr):
+    """Row block ``offs_m`` against every key block.  STATIC: ``m_i`` is row i's diagonal logit
+    S_ii = 2c_i, which row i's logits exceed by at most Δ (kkattn/_smoother.py), so the weights need
+    no running max and the accumulators no rescaling, and ``d_i`` comes in as the diagonal weight, 1;
+    else the online softmax.  Returns the updated ``(acc, l_i, d_i, m_i)``."""
+    for start_n in range(0, n_tokens, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_tokens
+        kt = _load_rows(k_base, offs_n, offs_d, stride_kn, stride_kd, n_tokens, True, DOT_UPCAST)
+        vv = _load_rows(v_base, offs_n, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
+        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
+        if HAS_PRIOR:
+            if _tile_has_prior(start_m, start_n, BLOCK_M, BLOCK_N, n_tokens, grid_w, num_prefix, neg_coef):
+                g, _ = _prior_tile(offs_m, offs_n, grid_w, num_prefix, neg_coef)
+                s += g
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        if STATIC:
+            # Relative to the diagonal, as the online softmax's weights are in the peaked regime (its
+            # max is the diagonal there): the same precision, also for fp16 weights and for O'.
+            p = tl.exp2((s - m_i[:, None]) * LOG2E)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2((m_i - m_new) * LOG2E)
+            p = tl.exp2((s - m_new[:, None]) * LOG2E)
+            d_i = d_i * alpha
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        diag = offs_m[:, None] == offs_n[None, :]
+        if not STATIC:  # STATIC: d_i is exactly 1 already (the dot's s_ii is 2c_i only to rounding)
+            d_i += tl.sum(tl.where(diag, p, 0.0), 1)
+        p = tl.where(diag, 0.0, p)
+        l_i += tl.sum(p, 1)
+        acc += tl.dot(p.to(vv.dtype), vv, input_precision=INPUT_PRECISION)
+    return acc, l_i, d_i, m_i
+
+
+@triton.jit
 def nkk_fwd_kernel(
-    K, V, O, LSE, O_OFF, P_OFF, NEG_COEF,  # noqa: E741 (the Triton tutorial's names)
+    K, V, O, LSE, O_OFF, P_OFF, NEG_COEF, C, SMOOTH,  # noqa: E741 (the Triton tutorial's names)
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
@@ -108,7 +149,9 @@ def nkk_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PRIOR: tl.constexpr, WITH_STATS: tl.constexpr, DOT_UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """One program per (query block, batch·head): online softmax over all key blocks.
+    """One program per (query block, batch·head) over all key blocks: with a static shift where this
+    (batch, head)'s ``SMOOTH`` flag is set (C: the shifts c ``(B·H, N)``; the shift is the diagonal
+    logit 2c_i), else an online softmax.
 
     Writes O ``(B, H, N, D)`` and the natural-log log-sum-exp ``(B, H, N)``; with WITH_STATS also
     ``O_OFF = Σ_{k≠i} P_ik V_k`` (fp32, contiguous ``(B, H, N, D)``) and ``P_OFF = Σ_{k≠i} P_ik``.
@@ -122,31 +165,22 @@ def nkk_fwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     mask_m = offs_m < n_tokens
     q = _load_rows(k_base, offs_m, offs_d, stride_kn, stride_kd, n_tokens, False, DOT_UPCAST)
+    stats = pid_bh.to(tl.int64) * n_tokens + offs_m
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)    # off-diagonal weight
     d_i = tl.zeros([BLOCK_M], tl.float32)    # diagonal weight
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)  # off-diagonal P·V
-    for start_n in range(0, n_tokens, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_tokens
-        kt = _load_rows(k_base, offs_n, offs_d, stride_kn, stride_kd, n_tokens, True, DOT_UPCAST)
-        vv = _load_rows(v_base, offs_n, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
-        s = tl.dot(q, kt, input_precision=INPUT_PRECISION) * sm_scale
-        if HAS_PRIOR:
-            if _tile_has_prior(start_m, start_n, BLOCK_M, BLOCK_N, n_tokens, grid_w, num_prefix, neg_coef):
-                g, _ = _prior_tile(offs_m, offs_n, grid_w, num_prefix, neg_coef)
-                s += g
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2((m_i - m_new) * LOG2E)
-        p = tl.exp2((s - m_new[:, None]) * LOG2E)
-        diag = offs_m[:, None] == offs_n[None, :]
-        d_i = d_i * alpha + tl.sum(tl.where(diag, p, 0.0), 1)
-        p = tl.where(diag, 0.0, p)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=INPUT_PRECISION)
-        m_i = m_new
+    if tl.load(SMOOTH + pid_bh) != 0:
+        m_i = 2.0 * tl.load(C + stats, mask=mask_m, other=0.0)  # S_ii = 2c_i exactly
+        d_i = tl.full([BLOCK_M], 1.0, tl.float32)  # exp(S_ii − m_i), in closed form
+        acc, l_i, d_i, m_i = _fwd_inner(acc, l_i, d_i, m_i, q, k_base, v_base, start_m, offs_m, offs_d, stride_kn, stride_kd,
+                                        stride_vn, stride_vd, n_tokens, grid_w, num_prefix, neg_coef, sm_scale,
+                                        BLOCK_M, BLOCK_N, HAS_PRIOR, DOT_UPCAST, INPUT_PRECISION, True)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        acc, l_i, d_i, m_i = _fwd_inner(acc, l_i, d_i, m_i, q, k_base, v_base, start_m, offs_m, offs_d, stride_kn, stride_kd,
+                                        stride_vn, stride_vd, n_tokens, grid_w, num_prefix, neg_coef, sm_scale,
+                                        BLOCK_M, BLOCK_N, HAS_PRIOR, DOT_UPCAST, INPUT_PRECISION, False)
 
     l_all = l_i + d_i
     v_m = _load_rows(v_base, offs_m, offs_d, stride_vn, stride_vd, n_tokens, False, DOT_UPCAST)
@@ -154,7 +188,6 @@ def nkk_fwd_kernel(
     o_base = O + b * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=mask_m[:, None])
-    stats = pid_bh.to(tl.int64) * n_tokens + offs_m
     tl.store(LSE + stats, m_i + tl.log(l_all), mask=mask_m)
     if WITH_STATS:
         tl.store(O_OFF + stats[:, None] * HEAD_DIM + offs_d[None, :], acc / l_all[:, None], mask=mask_m[:, None])
@@ -163,7 +196,7 @@ def nkk_fwd_kernel(
 
 @triton.jit
 def nkk_bwd_kernel(
-    K, V, DO, LSE, DELTA, DELTA_DIAG, P_DIAG, DK, DV, DSIGMA_PART, NEG_COEF,
+    K, V, DO, LSE, DELTA, DELTA_DIAG, P_DIAG, DK, DV, DSIGMA_PART, NEG_COEF, C, CMAX, SMOOTH,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
@@ -177,7 +210,9 @@ def nkk_bwd_kernel(
     """One program per (key block J, batch·head), looping over every row block i.
 
     Because Q = K the logit tile ``S_iJ = scale·K_i K_Jᵀ + G_iJ`` is also ``S_Jiᵀ``: computed once,
-    it gives ``P_iJ = exp(S_iJ − L_i)`` and ``P_Jiᵀ = exp(S_iJ − L_J)``.  Per tile pair five matmuls:
+    it gives ``P_iJ = exp(S_iJ − L_i)`` and ``P_Jiᵀ = exp(S_iJ − L_J)``; where this (batch, head)'s
+    ``SMOOTH`` flag is set, from one exp: ``E = exp(S_iJ − c_i − c_J)``, ``P_iJ = E·r_i·W_J`` and
+    ``P_Jiᵀ = E·W_i·r_J`` (kkattn/_smoother.py).  Per tile pair five matmuls:
     S, ``dV_J += P_iJᵀ dO_i``, ``dP_iJ = dO_i V_Jᵀ``, ``dP_Jiᵀ = V_i dO_Jᵀ`` and
     ``dK_J += scale·(dS_iJ + dS_Jiᵀ)ᵀ K_i``.  Each program owns its rows of dK and dV: no atomics,
     a fixed loop order, bit-identical reruns.  With NEED_DSIGMA it also writes
@@ -201,6 +236,14 @@ def nkk_bwd_kernel(
     delta_j = tl.load(DELTA + stats_base + offs_j, mask=mask_j, other=0.0)
     ddiag_j = tl.load(DELTA_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
     pdiag_j = tl.load(P_DIAG + stats_base + offs_j, mask=mask_j, other=0.0)
+    # The smoother's factors (unused where SMOOTH is 0): W = exp(c − c_max), r = exp(c + c_max − lse).
+    smooth = tl.load(SMOOTH + pid_bh) != 0
+    c_max = tl.load(CMAX + pid_bh)
+    c_j = tl.load(C + stats_base + offs_j, mask=mask_j, other=0.0)
+    # (Exponents zeroed where SMOOTH is 0: there the keys' range may overflow them.)
+    w_j = tl.exp2(tl.where(smooth, c_j - c_max, 0.0) * LOG2E)
+    # r = 1/l: its exponent as (c_max − c) − (lse − 2c), two small terms, not c + c_max − lse.
+    r_j = tl.exp2(tl.where(smooth, (c_max - c_j) - (lse_j - 2.0 * c_j), 0.0) * LOG2E)
 
     dk_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
     dv_acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
@@ -226,8 +269,15 @@ def nkk_bwd_kernel(
                     s += g
         valid = mask_i[:, None] & mask_j[None, :]
         diag = offs_i[:, None] == offs_j[None, :]
-        p = tl.where(valid, tl.exp2((s - lse_i[:, None]) * LOG2E), 0.0)    # P_iJ
-        pt = tl.where(valid, tl.exp2((s - lse_j[None, :]) * LOG2E), 0.0)   # P_Jiᵀ
+        if smooth:  # one exp for both
+            c_i = tl.load(C + stats_base + offs_i, mask=mask_i, other=0.0)
+            e = tl.where(valid, tl.exp2((s - c_i[:, None] - c_j[None, :]) * LOG2E), 0.0)
+            r_i = tl.exp2(((c_max - c_i) - (lse_i - 2.0 * c_i)) * LOG2E)
+            p = e * (r_i[:, None] * w_j[None, :])                                  # P_iJ
+            pt = e * (tl.exp2((c_i - c_max) * LOG2E)[:, None] * r_j[None, :])           # P_Jiᵀ
+        else:
+            p = tl.where(valid, tl.exp2((s - lse_i[:, None]) * LOG2E), 0.0)    # P_iJ
+            pt = tl.where(valid, tl.exp2((s - lse_j[None, :]) * LOG2E), 0.0)   # P_Jiᵀ
         p = tl.where(diag, pdiag_j[None, :], p)    # on the diagonal i = j: the forward's P_ii
         pt = tl.where(diag, pdiag_j[None, :], pt)
 

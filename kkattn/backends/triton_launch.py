@@ -16,6 +16,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .. import _smoother
 from .._alloc import empty_output, empty_output_like
 from .._prior import LOG2E
 from . import SHARED_MEMORY_PER_BLOCK, _gpu_shared_memory, _interpreting
@@ -101,7 +102,10 @@ def forward_launch(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, n
     out_off = empty_output(k.shape, like=k, dtype=torch.float32) if with_stats else None
     p_off = empty_output((batch, heads, n_tokens), like=k, dtype=torch.float32) if with_stats else None
     block_m, block_n, warps, stages = _tiles("forward", head_dim, k.dtype, k.device, budget)
-    args = (k, v, out, lse, out_off if with_stats else lse, p_off if with_stats else lse, _neg_coef(sigma, k),
+    # fp16 inputs hold the weights (up to e^Δ) in fp16 for the P·V product: fp16's range (kkattn/_smoother.py).
+    max_spread = _smoother.MAX_SPREAD_FP16 if k.dtype == torch.float16 else _smoother.MAX_SPREAD
+    c, _, smooth = _smoother.plan(k, sigma is not None, num_prefix_tokens, scale, max_spread)
+    args = (k, v, out, lse, out_off if with_stats else lse, p_off if with_stats else lse, _neg_coef(sigma, k), c, smooth,
             *k.stride(), *v.stride(), *out.stride(), heads, n_tokens, grid_w, num_prefix_tokens, float(scale))
     meta = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, HAS_PRIOR=sigma is not None,
                 WITH_STATS=with_stats, DOT_UPCAST=_dot_upcast(k.dtype), INPUT_PRECISION=_input_precision(k.dtype),
@@ -122,7 +126,9 @@ def backward_launch(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tens
     n_blocks_j = triton.cdiv(n_tokens, block_j)
     need_dsigma = need_dsigma and sigma is not None
     partial = torch.empty((batch, heads, n_blocks_j) if need_dsigma else (1,), dtype=torch.float32, device=k.device)
-    args = (k, v, dout, lse, delta, delta_diag, p_diag, dk, dv, partial, _neg_coef(sigma, k),
+    # The backward's weights are fp32 until normalized: fp32's range for every dtype.
+    smoother = _smoother.plan(k, sigma is not None, num_prefix_tokens, scale)
+    args = (k, v, dout, lse, delta, delta_diag, p_diag, dk, dv, partial, _neg_coef(sigma, k), *smoother,
             *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             heads, n_tokens, grid_w, num_prefix_tokens, float(scale))
     meta = dict(HEAD_DIM=head_dim, BLOCK_I=block_i, BLOCK_J=block_j, HAS_PRIOR=sigma is not None,
