@@ -13,7 +13,9 @@
 // the row; when asked, the off-diagonal output O' and weight p_off are written for the backward.
 //
 // Backward (symmetric single pass): one block per (64 keys J, batch·head) loops over all row blocks
-// i.  S = K_i K_Jᵀ is computed once and gives both P_iJ = exp(S − L_i) and P_Jiᵀ = exp(S − L_J);
+// i.  S = K_i K_Jᵀ is computed once and gives both P_iJ = exp(S − L_i) and P_Jiᵀ = exp(S − L_J),
+// from one exp of the smoother's E = exp(S − c_i − c_J) where the tile pair's range allows
+// (smoother_factors; kkattn/_smoother.py), else from two;
 // with dP_iJ = dO_i V_Jᵀ and dP_Jiᵀ = V_i dO_Jᵀ that is five matmuls per tile pair:
 //   dV_J += P_iJᵀ dO_i,   dK_J += scale·(dS_iJ + dS_Jiᵀ)ᵀ K_i.
 // On the diagonal P_ii is the forward's and dS_ii = −P_ii·δ'_i (kkattn/_ops.py: no cancellation).
@@ -274,9 +276,73 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const T* __restrict__
   }
 }
 
+// The backward's smoother state per tile pair (see smoother_factors): c of both sides, two factors
+// per row of each side, and the flag.
+constexpr int kSmootherFloats = 3 * kBM + 3 * kBN + 1;
+constexpr float kSmootherMaxSpread = 48.f;  // kkattn/_smoother.py MAX_SPREAD (fp32 weights)
+
+// c_r = scale·‖k_r‖²/2 + g_r/2 (g = 1 on the grid) of rows [t0, t0 + 64), from global memory: −1 past N.
+template <typename T, int D>
+__device__ __forceinline__ void smoother_shifts(float* c, const T* k, int64_t t0, int64_t N, float scale,
+                                                bool prior, int64_t prefix) {
+  for (int r = threadIdx.x; r < kBN; r += blockDim.x) {
+    const int64_t t = t0 + r;
+    float sq = 0.f;
+    if (t < N)
+      for (int x = 0; x < D; ++x) {
+        const float v = to_f(k[t * D + x]);
+        sq += v * v;
+      }
+    c[r] = t < N ? 0.5f * scale * sq + (prior && t >= prefix ? 0.5f : 0.f) : -1.f;
+  }
+}
+
+// One warp: for the tile pair (rows i, keys J) whether the smoother applies and its factors.  With
+// t_J = max c over J and t_i = max c over i (kkattn/_smoother.py, shifted per tile pair instead of by
+// the global max): P_iJ = E·fi[r]·fJ[c] with fi[r] = exp((t_J − c_i) − (L_i − 2c_i)), fJ[c] = exp(c_j − t_J),
+// and P_Jiᵀ = E·fi[kBM + r]·fJ[kBN + c] with fi[kBM + r] = exp(c_i − t_i), fJ[kBN + c] = exp((t_i − c_j) − (L_j − 2c_j)).
+// Every factor is ≤ e^48 when the pair's spreads are within kSmootherMaxSpread; else *flag = 0.
+__device__ __forceinline__ void smoother_factors(const float* ci, const float* cJ, const float* Li, const float* LJ,
+                                                 float* fi, float* fJ, float* flag, int lane) {
+  float ti = -1.f, tJ = -1.f, mi = 3.4e38f, mJ = 3.4e38f;  // c ≥ 0 on valid rows, −1 past N
+  float bad = 0.f;                                          // 1: a NaN c (non-finite keys)
+  for (int r = lane; r < kBM; r += 32) {
+    if (ci[r] >= 0.f) {
+      ti = fmaxf(ti, ci[r]);
+      mi = fminf(mi, ci[r]);
+    } else if (ci[r] != -1.f) {
+      bad = 1.f;
+    }
+    if (cJ[r] >= 0.f) {
+      tJ = fmaxf(tJ, cJ[r]);
+      mJ = fminf(mJ, cJ[r]);
+    } else if (cJ[r] != -1.f) {
+      bad = 1.f;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    ti = fmaxf(ti, __shfl_xor_sync(0xffffffffu, ti, o));
+    tJ = fmaxf(tJ, __shfl_xor_sync(0xffffffffu, tJ, o));
+    mi = fminf(mi, __shfl_xor_sync(0xffffffffu, mi, o));
+    mJ = fminf(mJ, __shfl_xor_sync(0xffffffffu, mJ, o));
+    bad = fmaxf(bad, __shfl_xor_sync(0xffffffffu, bad, o));
+  }
+  // inf − x is inf: infinite keys fail the bound as well
+  const bool on = bad == 0.f && tJ - mi <= kSmootherMaxSpread && ti - mJ <= kSmootherMaxSpread;
+  if (lane == 0) *flag = on ? 1.f : 0.f;
+  if (!on) return;
+  for (int r = lane; r < kBM; r += 32) {
+    fi[r] = ci[r] >= 0.f ? __expf((tJ - ci[r]) - (Li[r] - 2.f * ci[r])) : 0.f;
+    fi[kBM + r] = ci[r] >= 0.f ? __expf(ci[r] - ti) : 0.f;
+    fJ[r] = cJ[r] >= 0.f ? __expf(cJ[r] - tJ) : 0.f;
+    fJ[kBN + r] = cJ[r] >= 0.f ? __expf((ti - cJ[r]) - (LJ[r] - 2.f * cJ[r])) : 0.f;
+  }
+}
+
 template <typename T, int D>
 constexpr size_t backward_smem() {
-  return (6 * kBM * D + 3 * kBM * kBN) * sizeof(T) + (2 * kBM * kBN + 2 * kBM + 2 * kBN + kTable + kWarps) * sizeof(float) +
+  return (6 * kBM * D + 3 * kBM * kBN) * sizeof(T) +
+         (2 * kBM * kBN + 2 * kBM + 2 * kBN + kTable + kWarps + kSmootherFloats) * sizeof(float) +
          2 * (kBM + kBN) * sizeof(int);
 }
 
@@ -305,7 +371,12 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   float* sDJ = sLJ + kBN;
   float* table = sDJ + kBN;
   float* sRed = table + kTable;
-  int* sRowI = reinterpret_cast<int*>(sRed + kWarps);  // grid positions of the row tile and the key tile
+  float* sCi = sRed + kWarps;  // the smoother's c of both sides, factors (2 per row) and flag
+  float* sCJ = sCi + kBM;
+  float* sFi = sCJ + kBN;
+  float* sFJ = sFi + 2 * kBM;
+  float* sSmooth = sFJ + 2 * kBN;
+  int* sRowI = reinterpret_cast<int*>(sSmooth + 1);  // grid positions of the row tile and the key tile
   int* sColI = sRowI + kBM;
   int* sRowJ = sColI + kBM;
   int* sColJ = sRowJ + kBN;
@@ -319,8 +390,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   const float* delta_diag = Delta_diag + bh * N;
   const float* p_diag = P_diag + bh * N;
   // One side of a tile pair, rows [t0, t0 + 64): K, V, dO, their lse and δ, and (with a prior) grid positions.
-  const auto load_side = [&](T* sK, T* sV, T* sdO, float* sL, float* sDelta, int* rows, int* cols, int64_t t0) {
+  const auto load_side = [&](T* sK, T* sV, T* sdO, float* sL, float* sDelta, float* sC, int* rows, int* cols,
+                             int64_t t0) {
     load_tile<T, D>(sK, K + off, t0, kBN, N);
+    smoother_shifts<T, D>(sC, K + off, t0, N, scale, prior.on, prefix);
     load_tile<T, D>(sV, V + off, t0, kBN, N);
     load_tile<T, D>(sdO, dO + off, t0, kBN, N);
     if (prior.on) tile_positions(rows, cols, t0, kBN, N, grid_w, prefix);
@@ -329,7 +402,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       sDelta[r] = t0 + r < N ? delta[t0 + r] : 0.f;
     }
   };
-  load_side(sKJ, sVJ, sdOJ, sLJ, sDJ, sRowJ, sColJ, j0);
+  load_side(sKJ, sVJ, sdOJ, sLJ, sDJ, sCJ, sRowJ, sColJ, j0);
   const int64_t j1 = j0 + kBN < N ? j0 + kBN : N;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_dk[D / 16], acc_dv[D / 16];
   for (int n = 0; n < D / 16; ++n) {
@@ -340,8 +413,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
 
   for (int64_t i0 = 0; i0 < N; i0 += kBM) {
     __syncthreads();  // the previous pair's products are done with the i-side tiles
-    load_side(sKi, sVi, sdOi, sLi, sDi, sRowI, sColI, i0);
+    load_side(sKi, sVi, sdOi, sLi, sDi, sCi, sRowI, sColI, i0);
     __syncthreads();
+    if (warp == 0) smoother_factors(sCi, sCJ, sLi, sLJ, sFi, sFJ, sSmooth, lane);  // read after the next barrier
     // 1. S_iJ = K_i K_Jᵀ → sA;  2. dP_iJ = dO_i V_Jᵀ → sB (before the softmax, so that dσ takes
     // dS_iJ = P_iJ (dP_iJ − δ_i) from the fp32 P: the tiny off-diagonal P of a peaked row vanish in fp16)
     warp_gemm<T, D>(sKi + warp * 16 * D, D, sKJ, D, true, sA + warp * 16 * kBN, kBN, kBN / 16, false);
@@ -349,6 +423,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     __syncthreads();
     const int64_t i1 = i0 + kBM < N ? i0 + kBM : N;
     const bool with_prior = need_dsigma ? prior.on : prior.matters(i0, i1, j0, j1);
+    const bool smooth = *sSmooth != 0.f;
     for (int e = threadIdx.x; e < kBM * kBN; e += blockDim.x) {
       const int r = e / kBN, c = e % kBN;
       const int64_t i = i0 + r, j = j0 + c;
@@ -357,8 +432,14 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
         float d2 = 0.f;
         const float g = with_prior ? prior.at(sRowI[r], sColI[r], sRowJ[c], sColJ[c], &d2) : 0.f;
         const float s = sA[e] * scale + g;
-        p = __expf(s - sLi[r]);   // P_iJ
-        pt = __expf(s - sLJ[c]);  // P_Ji[c][r], since S_Ji = S_iJᵀ
+        if (smooth) {  // one exp for both (smoother_factors)
+          const float e_ij = __expf(s - sCi[r] - sCJ[c]);
+          p = e_ij * (sFi[r] * sFJ[c]);
+          pt = e_ij * (sFi[kBM + r] * sFJ[kBN + c]);
+        } else {
+          p = __expf(s - sLi[r]);   // P_iJ
+          pt = __expf(s - sLJ[c]);  // P_Ji[c][r], since S_Ji = S_iJᵀ
+        }
         if (i == j) p = pt = p_diag[i];  // the forward's P_ii
         // each (i, j) pair is counted once: in dS_iJ of key block J; the diagonal has d² = 0
         if (need_dsigma && i != j) dsig += logit_grad(p, sB[e], sDi[r]) * g * d2;

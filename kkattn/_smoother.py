@@ -33,8 +33,9 @@ and with ``W_j = exp(c_j − c_max)``::
   65504 ≈ e^11.1: ``MAX_SPREAD_FP16 = 8`` leaves a margin of 20×.
 
 Beyond them (keys whose norms differ widely, saturated rows, non-finite keys) the kernels take the
-online-softmax path, decided per (batch, head) on the device, without a host sync.  The C++
-kernel holds the same bound (``kSmootherMaxSpread`` in csrc/kkattn_cpu.cpp; a test checks they agree).
+online-softmax path, decided per (batch, head) on the device, without a host sync.  The compiled
+kernels hold the same bound (``kSmootherMaxSpread`` in csrc/kkattn_cpu.cpp and
+csrc/kkattn_cuda_kernels.cuh, whose backward applies it per tile pair; a test checks they agree).
 """
 from __future__ import annotations
 

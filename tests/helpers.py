@@ -60,6 +60,18 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str = "cpu"):
     return k.to(device), v.to(device), dout.to(device), sigma
 
 
+def keys_with_spread(case: Case, spread: float, low: float, dtype: torch.dtype) -> torch.Tensor:
+    """Keys whose c_i (with the prior's g_i) run evenly over [low, low + spread] in a shuffled order."""
+    b, h, n, d = case.batch, case.heads, case.n_tokens, case.head_dim
+    scale = d ** -0.5
+    g = torch.ones(n, dtype=torch.float64)
+    g[:case.num_prefix_tokens] = 0
+    c = low + spread * torch.linspace(0, 1, n, dtype=torch.float64)[torch.randperm(n)]
+    norm = ((2 * (c - g / 2) / scale).clamp_min(0)).sqrt()
+    u = torch.randn(b, h, n, d, dtype=torch.float64)
+    return (u / u.norm(dim=-1, keepdim=True) * norm[:, None]).to(dtype)
+
+
 def run_with_grads(fn, k, v, dout, sigma, dtype: Optional[torch.dtype] = None):
     """Forward + backward of ``fn(k, v, sigma)``; returns ``(out, dk, dv, dsigma)`` as float64 CPU."""
     dtype = dtype or k.dtype

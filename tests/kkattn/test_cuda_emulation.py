@@ -3,7 +3,9 @@ runs on the host emulator of tests/cuda_emu (one OS thread per CUDA thread, barr
 shared memory, warp-collective shuffles and WMMA with the hardware's alignment rules) behind the
 public operator, and is checked like every backend: forward, dk, dv, dσ against the float64 reference
 with poisoned outputs, over the CUDA test matrix and the peaked regime.  One ThreadSanitizer build
-must report no race, and mutated kernels (a removed __syncwarp, a removed key mask) must be caught.
+must report no race, and mutated kernels (a removed __syncwarp, a removed key mask, a swapped factor
+in the backward's smoother) must be caught.  The backward's smoother is also run on both sides of its
+bound.
 """
 import re
 
@@ -12,7 +14,7 @@ import torch
 
 import kkattn.backends
 from cuda_emulator import EmulatedCUDA, EmulationError, build, compiler
-from helpers import Case, backend_fn, check_backend, make_inputs, run_with_grads
+from helpers import Case, backend_fn, check_backend, keys_with_spread, make_inputs, run_with_grads
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler (g++) for the CUDA emulator")
 DTYPES = [torch.float16, torch.bfloat16]
@@ -64,6 +66,17 @@ def test_emulated_far_tiles_and_saturated_rows(emulated_cuda):
     assert torch.equal(dv, dout.double()) and dk.abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("spread", [1.0, 46.0, 52.0, 150.0])
+def test_emulated_smoother_both_sides_of_its_bound(emulated_cuda, spread):
+    # The backward takes one exp for P_iJ and P_Jiᵀ where a tile pair's shifts c span at most 48
+    # (smoother_factors), else two: keys whose c spread over exactly Δ, from spread rows to one-hot
+    # ones (kkattn/_smoother.py), so that at 52 some tile pairs take each path.
+    case = Case(1, 2, (9, 11), 64, num_prefix_tokens=1, sigma="tensor")
+    k = keys_with_spread(case, spread, low=2.0, dtype=torch.bfloat16)
+    v, dout = torch.randn(k.shape).to(torch.bfloat16), torch.randn(k.shape).to(torch.bfloat16)
+    check_backend(case, "cuda", "cpu", torch.bfloat16, inputs=(k, v, dout, torch.rand(2, dtype=torch.float64) + 0.5))
+
+
 def test_emulated_strided_inputs_and_determinism(emulated_cuda):
     case = Case(1, 2, (9, 11), 64, num_prefix_tokens=1, sigma="float")
     shape = (case.batch, case.n_tokens, case.heads, case.head_dim)
@@ -93,6 +106,8 @@ MUTATIONS = {
     "removed __syncwarp": ("    __syncwarp();\n    for (int e = lane; e < 16 * D; e += 32) sO",
                            "    for (int e = lane; e < 16 * D; e += 32) sO"),
     # Keys past N must get a −∞ logit; without the mask, the zero-padded rows of the last tile attend.
+    # The smoother's P_iJ takes the row factor fi[r], not P_Jiᵀ's fi[kBM + r].
+    "swapped smoother factor": ("p = e_ij * (sFi[r] * sFJ[c]);", "p = e_ij * (sFi[kBM + r] * sFJ[c]);"),
     "removed key mask": ("      if (j < N) {\n        s = s_row[c] * scale;", "      if (true) {\n        s = s_row[c] * scale;"),
 }
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TRITON_DEVICE
-from helpers import Case, check_backend
+from helpers import Case, check_backend, keys_with_spread
 from kkattn import _smoother
 from kkattn.backends import _REGISTRY
 
@@ -22,18 +22,6 @@ CPU = _REGISTRY["cpu"].status()
 TRITON = _REGISTRY["triton"].status()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SPREADS = [1.0, 6.0, 46.0, 52.0, 150.0]
-
-
-def keys_with_spread(case: Case, spread: float, low: float, dtype: torch.dtype) -> torch.Tensor:
-    """Keys whose c_i (with the prior's g_i) run evenly over [low, low + spread] in a shuffled order."""
-    b, h, n, d = case.batch, case.heads, case.n_tokens, case.head_dim
-    scale = d ** -0.5
-    g = torch.ones(n, dtype=torch.float64)
-    g[:case.num_prefix_tokens] = 0
-    c = low + spread * torch.linspace(0, 1, n, dtype=torch.float64)[torch.randperm(n)]
-    norm = ((2 * (c - g / 2) / scale).clamp_min(0)).sqrt()
-    u = torch.randn(b, h, n, d, dtype=torch.float64)
-    return (u / u.norm(dim=-1, keepdim=True) * norm[:, None]).to(dtype)
 
 
 def cpu_path(case: Case, k: torch.Tensor) -> str:
@@ -104,6 +92,10 @@ def test_non_finite_keys_take_the_online_path():
         assert cpu_path(Case(1, 1, (3, 3), 8, num_prefix_tokens=1), k) == "online"
 
 
-@pytest.mark.skipif(not CPU.available, reason=str(CPU))
-def test_the_cpu_kernel_holds_the_same_bound():
-    assert torch.ops.kkattn_C.smoother_max_spread() == _smoother.MAX_SPREAD
+def test_the_compiled_kernels_hold_the_same_bound():
+    import re
+    from pathlib import Path
+    cuda = (Path(__file__).parents[2] / "csrc" / "kkattn_cuda_kernels.cuh").read_text()
+    assert float(re.search(r"kSmootherMaxSpread = ([0-9.]+)f;", cuda).group(1)) == _smoother.MAX_SPREAD
+    if CPU.available:
+        assert torch.ops.kkattn_C.smoother_max_spread() == _smoother.MAX_SPREAD
