@@ -614,6 +614,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
     Smoother sm;
+    int64_t prepared = -1;  // the (batch, head) sm holds: a thread's row-block items come in head order
     const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
     std::vector<float> m(span), l(span), d(span), acc(span * D);
     for (int64_t item = begin; item < end; ++item) {
@@ -633,7 +634,8 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
           pop[bh * N + row] = off * inv;
         }
       };
-      sm.prepare_forward(pb, kbh, vbh);
+      if (bh != prepared) sm.prepare_forward(pb, kbh, vbh);
+      prepared = bh;
       if (sm.on) {
         std::fill(l.begin(), l.end(), 0.f);
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -719,11 +721,13 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
     Smoother sm;
+    int64_t prepared = -1;  // as in the forward
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;
       const RowStats st{lp + bh * N, deltap + bh * N, ddp + bh * N, pdp + bh * N};
-      sm.prepare_backward(pb, kp + off, st.lse);
+      if (bh != prepared) sm.prepare_backward(pb, kp + off, st.lse);
+      prepared = bh;
       double dsig = 0.0;
       const auto tile = [&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
         dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, sm, i0, ri, j0, rj, both_sides, need_dsigma,
