@@ -8,11 +8,13 @@ and leave a package several times slower. FlashAttention makes the same choice (
 ``--no-build-isolation``). Building against a torch fetched into the isolated environment is not an
 option: the extension's ABI must match the torch it runs with.
 
-The CUDA kernels (csrc/*.cu) are compiled into the same extension when torch is a CUDA build and
-nvcc is found (``CUDA_HOME``, else /usr/local/cuda, else ``nvcc`` on PATH); ``KKATTN_BUILD_CUDA=0/1``
-forces them off/on. No GPU is needed to compile: without one, ``TORCH_CUDA_ARCH_LIST`` defaults to
-8.0;9.0 (A100, H100/H200), and the CUDA headers that pip's ``nvidia-*`` wheels ship are added to the
-include path.
+The CUDA kernels (csrc/*.cu) are compiled into the same extension when torch is a CUDA build, nvcc
+is found (``CUDA_HOME``, else /usr/local/cuda, else ``nvcc`` on PATH) and they are wanted: a GPU is
+visible at build time, or ``TORCH_CUDA_ARCH_LIST`` names the architectures, or ``KKATTN_BUILD_CUDA=1``.
+A CPU-only machine skips them (the CUDA torch wheel brings an nvcc, and compiling kernels it cannot run
+would be most of the install) and says so in one line. ``KKATTN_BUILD_CUDA=0/1`` forces them off/on.
+No GPU is needed to compile: without one, ``TORCH_CUDA_ARCH_LIST`` defaults to 8.0;9.0 (A100,
+H100/H200), and the CUDA headers that pip's ``nvidia-*`` wheels ship are added to the include path.
 """
 import glob
 import os
@@ -51,6 +53,9 @@ def _extension():
         return [], {}
     cuda_reason = _cuda_unavailable(sources)
     want_cuda = os.environ.get("KKATTN_BUILD_CUDA", "").strip()
+    if cuda_reason is None and want_cuda == "" and not _cuda_wanted():
+        cuda_reason = ("no GPU visible at build time; to compile the CUDA kernels anyway set KKATTN_BUILD_CUDA=1 "
+                       "(or TORCH_CUDA_ARCH_LIST) and reinstall")
     if want_cuda == "1" and cuda_reason:
         raise RuntimeError(f"KKATTN_BUILD_CUDA=1 but the CUDA kernels cannot be built: {cuda_reason}")
     if cuda_reason is None:
@@ -78,6 +83,13 @@ def _extension():
         "kkattn._C", sources, include_dirs=_nvidia_include_dirs(), define_macros=[("KKATTN_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"], depends=headers)
     return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+def _cuda_wanted() -> bool:
+    """Build the CUDA kernels without being asked: a GPU is visible, or the architectures are named."""
+    import torch
+
+    return bool(os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()) or torch.cuda.is_available()
 
 
 def _cuda_unavailable(sources):

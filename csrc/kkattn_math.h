@@ -62,7 +62,10 @@ KKATTN_HD float online_softmax_update(float& running_max, float block_max) {
   return alpha;
 }
 
-// Backward: the logit gradient dS = P ∘ (dP − δ), δ = rowsum(dO ∘ O).
-KKATTN_HD float logit_grad(float p, float dp, float delta) { return p * (dp - delta); }
+// Backward: the logit gradient dS = P ∘ (dP − δ), δ = rowsum(dO ∘ O); exactly 0 where P rounds to 1
+// (within two ulps): the row is one-hot, and dP − δ taken in two summation orders would be rounding
+// that dK multiplies by the other key (kkattn/_numerics.py; ONE_HOT_P is its value, checked by a test).
+constexpr float ONE_HOT_P = 1.0f - 0x1p-23f;
+KKATTN_HD float logit_grad(float p, float dp, float delta) { return p >= ONE_HOT_P ? 0.f : p * (dp - delta); }
 
 }  // namespace kkattn

@@ -13,14 +13,25 @@ Public API:
 * :func:`available_backends` — what this install can run, and why not; :data:`BACKEND_NAMES` — every
   name ``backend=`` takes; :class:`KernelNotBuiltWarning` — ``auto`` fell back for want of a kernel.
 * :class:`kkattn.nn.NeighborhoodKKAttention` — the attention module for ViT blocks.
+
+The names load on first use (PEP 562), so ``import kkattn`` and the ``kkattn-demo`` command start
+without importing torch (``--help`` returns at once); the custom ops register with the first of them.
 """
-from . import nn, reference, testing
-from .backends import BACKEND_NAMES, BackendStatus, KernelNotBuiltWarning, available_backends
-from .functional import neighborhood_kk_attention
-from .reference import gaussian_prior
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    "BACKEND_NAMES": (".backends", "BACKEND_NAMES"),
+    "BackendStatus": (".backends", "BackendStatus"),
+    "KernelNotBuiltWarning": (".backends", "KernelNotBuiltWarning"),
+    "available_backends": (".backends", "available_backends"),
+    "gaussian_prior": (".reference", "gaussian_prior"),
+    "neighborhood_kk_attention": (".functional", "neighborhood_kk_attention"),
+    "nn": (".nn", None),
+    "reference": (".reference", None),
+    "testing": (".testing", None),
+})
 __all__ = [
     "BACKEND_NAMES",
     "BackendStatus",

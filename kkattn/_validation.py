@@ -63,13 +63,19 @@ def check_grid(grid, n_tokens: int, num_prefix_tokens: int) -> tuple[int, int]:
 
 
 def check_sigma(sigma: Sigma, heads: Optional[int], device: Optional[torch.device]) -> Sigma:
-    """σ: ``None`` (no prior), a positive finite float, or a 1-D tensor of ``heads`` positive values."""
+    """σ: ``None`` (no prior), a positive finite float, or a 1-D tensor of ``heads`` positive values.
+
+    A 0-d tensor is a scalar σ for every head: it comes back as a ``(heads,)`` view (``(1,)`` when ``heads``
+    is None), so a σ that requires grad gets the sum of the heads' gradients.
+    """
     if sigma is None:
         return None
     if isinstance(sigma, Tensor):
+        if sigma.dim() == 0:
+            sigma = sigma.reshape(1).expand(heads if heads is not None else 1)
         if sigma.dim() != 1 or (heads is not None and sigma.shape[0] != heads):
             expected = f"({heads},)" if heads is not None else "(H,)"
-            raise ValueError(f"sigma tensor must have shape {expected} (one value per head), "
+            raise ValueError(f"sigma tensor must have shape {expected} (one value per head) or () (one for all), "
                              f"got {tuple(sigma.shape)}")
         if not sigma.is_floating_point():
             raise TypeError(f"sigma tensor must be floating point, got {sigma.dtype}")

@@ -20,18 +20,26 @@ def _grid(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kkattn-demo", description=__doc__,
+    # The docstring is reStructuredText; --help shows it without the markup (argparse prints text as it is).
+    p = argparse.ArgumentParser(prog="kkattn-demo", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", type=_grid, default=(32, 32), help="token grid HxW (default 32x32)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--batch", type=_positive, default=1, help="batch size B (default 1)")
+    p.add_argument("--heads", type=_positive, default=12, help="attention heads H (default 12, ViT-B)")
+    p.add_argument("--head-dim", type=_positive, default=64, help="head dimension D (default 64, ViT-B)")
     p.add_argument("--sigma", type=float, default=2.0, help="σ of the prior in grid units (default 2.0)")
     p.add_argument("--prefix", type=int, default=0, help="prefix tokens (CLS, registers) with no prior")
     p.add_argument("--backend", default="auto", help="auto, chunked, triton, ... (default auto)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (the GPU if there is one, else the CPU), cpu or cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random keys and values (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--accuracy", action="store_true",
                    help="print a Markdown table of max errors per backend and dtype (small sizes)")
@@ -41,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def _device(name: str) -> str:
+    return ("cuda" if _cuda() else "cpu") if name == "auto" else name
 
 
 def _peak_rss() -> int:
@@ -200,6 +212,7 @@ def _run_accuracy(args) -> dict:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    args.device = _device(args.device)
     if args.accuracy and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         # Triton's CPU interpreter must be chosen before triton is imported (kkattn, and this module's
         # package, import it): start again with it set.

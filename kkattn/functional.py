@@ -25,8 +25,8 @@ def neighborhood_kk_attention(k: Tensor, v: Tensor, sigma: Sigma, *, grid: Optio
         k, v: ``(B, H, N, D)`` (the layout of ``F.scaled_dot_product_attention``), same shape, device
             and dtype (float16, bfloat16, float32; float64 on ``"chunked"``/``"reference"``).
             Any strides.
-        sigma: ``None`` (no prior: pure key–key attention), a positive float (all heads), or a
-            ``(H,)`` tensor of positive per-head values — differentiable when it requires grad.
+        sigma: ``None`` (no prior: pure key–key attention), a positive float or 0-d tensor (all heads),
+            or a ``(H,)`` tensor of positive per-head values; a tensor is differentiable when it requires grad.
         grid: ``(h, w)`` with ``h·w = N − num_prefix_tokens``, tokens row-major; ``None`` = square.
         scale: logit scale, default ``1/√D``.
         num_prefix_tokens: leading tokens (CLS, registers) that attend and are attended to with

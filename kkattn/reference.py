@@ -27,11 +27,11 @@ def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int =
 
     Args:
         grid: ``(h, w)`` token grid.
-        sigma: a positive float, or a ``(H,)`` tensor of per-head values (differentiable).
+        sigma: a positive float or 0-d tensor, or a ``(H,)`` tensor of per-head values (differentiable).
         num_prefix_tokens: tokens before the grid, whose rows and columns of G are 0.
         dtype, device: default to σ's for a tensor σ, else float32 on the CPU.
     Returns:
-        ``(N, N)`` for a float σ, ``(H, N, N)`` for a tensor σ, with ``N = h·w + num_prefix_tokens``.
+        ``(N, N)`` for a float (or 0-d) σ, ``(H, N, N)`` for an ``(H,)`` σ, with ``N = h·w + num_prefix_tokens``.
     """
     if isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(x, int) for x in grid):
         n_tokens = grid[0] * grid[1] + num_prefix_tokens
@@ -40,6 +40,7 @@ def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int =
     check_grid(grid, n_tokens, num_prefix_tokens)
     if sigma is None:
         raise ValueError("gaussian_prior needs a sigma (a positive float or a (H,) tensor), got None")
+    scalar = not isinstance(sigma, Tensor) or sigma.dim() == 0
     if isinstance(sigma, Tensor):
         device = sigma.device if device is None else device
         dtype = sigma.dtype if dtype is None else dtype
@@ -47,7 +48,7 @@ def gaussian_prior(grid: tuple[int, int], sigma: Sigma, num_prefix_tokens: int =
     sigma = check_sigma(sigma, None, device if isinstance(sigma, Tensor) else None)
     idx = torch.arange(n_tokens, device=device)
     g = prior_tile(idx, idx, grid[1], num_prefix_tokens, _sigma_tensor(sigma, dtype, device))
-    return g if isinstance(sigma, Tensor) else g[0]
+    return g[0] if scalar else g
 
 
 def neighborhood_kk_attention(k: Tensor, v: Tensor, sigma: Sigma, *, grid=None, scale: Optional[float] = None,

@@ -6,6 +6,9 @@ Public API:
 * :func:`load_model` — rebuild a model from a checkpoint written by :meth:`LoVLANet.save`.
 * :class:`LoVLANetConfig` — the configuration (JSON round-trip, stored in checkpoints).
 * :class:`LoVLANetLoss` — pixel cross-entropy + λ·vision–language alignment.
+
+The names load on first use (PEP 562): the console scripts (``lovlanet-train`` ...) parse their
+arguments before torch and timm are imported, so ``--help`` and usage errors return at once.
 """
 import importlib.util as _util
 
@@ -16,10 +19,15 @@ if _MISSING:
     raise ImportError(f"lovlanet needs {', '.join(_MISSING)}: install the extra with pip install 'kkattn[lovlanet]' "
                       "(or, from a clone, pip install --no-build-isolation -e '.[lovlanet]')")
 
-from .checkpoints import CheckpointError  # noqa: E402  (after the dependency check)
-from .config import COMPONENTS, LOVEDA_CLASSES, VARIANTS, LoVLANetConfig, parse_variant  # noqa: E402
-from .losses import LossOutput, LoVLANetLoss  # noqa: E402
-from .model import LoVLANet, build_model, load_model  # noqa: E402
+from kkattn._lazy import lazy_attributes  # noqa: E402  (torch-free: importing lovlanet stays cheap)
+
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    name: (module, name) for module, names in {
+        ".checkpoints": ("CheckpointError",),
+        ".config": ("COMPONENTS", "LOVEDA_CLASSES", "VARIANTS", "LoVLANetConfig", "parse_variant"),
+        ".losses": ("LossOutput", "LoVLANetLoss"),
+        ".model": ("LoVLANet", "build_model", "load_model"),
+    }.items() for name in names})
 
 __all__ = [
     "COMPONENTS",

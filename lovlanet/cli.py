@@ -16,7 +16,14 @@ from .data.common import DataError
 
 
 class Parser(argparse.ArgumentParser):
-    """``argparse`` whose usage errors are one ``error:`` line (exit 2), like every other failure of the tools."""
+    """``argparse`` whose usage errors are one ``error:`` line (exit 2), like every other failure of the tools.
+
+    The description and epilog come from module docstrings (reStructuredText): --help shows them without
+    the markup."""
+
+    def __init__(self, *args, description=None, epilog=None, **kwargs):
+        plain = lambda text: text.replace("``", "") if text else text  # noqa: E731
+        super().__init__(*args, description=plain(description), epilog=plain(epilog), **kwargs)
 
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -47,6 +54,16 @@ def fraction(low: float, high: float, high_open: bool = False):
         return value
     parse.__name__ = "number"  # what argparse names in "invalid number value"
     return parse
+
+
+def max_pixels_flag(parser) -> None:
+    """``--max-pixels N``: the limit for images decoded whole (see :func:`lovlanet.data.common.max_pixels`)."""
+    from .data.common import MAX_PIXELS, MAX_PIXELS_ENV
+
+    parser.add_argument("--max-pixels", type=positive_int, metavar="N",
+                        help=f"largest PNG/JPEG (or TIFF without GDAL) decoded whole, in pixels, checked from the file's "
+                             f"header before decoding (default: {MAX_PIXELS:,}, or ${MAX_PIXELS_ENV}); rasters GDAL "
+                             f"reads go window by window and have no limit")
 
 
 def json_object(text: str) -> dict:
@@ -145,7 +162,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv=None) -> int:
         return main(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error, already printed (2)
         return exc.code if isinstance(exc.code, int) else 2
-    except (DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (DataError, CheckpointError, ValueError, OSError) as exc:  # OSError: a full disk, no permission...
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

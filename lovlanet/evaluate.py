@@ -14,24 +14,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from kkattn._io import atomic_write_json
 
 from .checkpoints import CheckpointError, atomic_write_text
-from .data.common import DataError
-from .cli import (Parser, check_output_folder, check_variant, fraction, json_object, resolve_device, run_cli,
-                  tile_size)
+from .data.common import DataError, pixel_limit
+from .cli import (Parser, check_output_folder, check_variant, fraction, json_object, max_pixels_flag, resolve_device,
+                  run_cli, tile_size)
 from .data import DATASETS, build_dataset, dataset_classes
-from .inference import predict_image
-from .metrics import ConfusionMatrix, metrics_table
+
+# torch and the model load inside the functions (after the arguments are parsed: --help is instant).
 
 
-@torch.no_grad()
 def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25, device=None, amp: bool = False,
                      exclude=(), rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (each rank takes every ``world``-th sample)."""
+    import torch
+
+    with torch.no_grad():
+        return _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank, world, progress)
+
+
+def _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank, world, progress) -> dict:
+    import torch
     from tqdm.auto import tqdm
+
+    from .inference import predict_image
+    from .metrics import ConfusionMatrix
 
     was_training = model.training
     model.eval()
@@ -51,7 +59,6 @@ def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25,
     return confusion.compute()
 
 
-@torch.no_grad()
 def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=None, tile: int = 1024,
                    overlap: float = 0.25, batch_size: int = 4, device=None, amp: bool = False, exclude=(),
                    progress: bool = True) -> dict:
@@ -60,7 +67,19 @@ def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=No
     The labels are read window by window on the scene's grid (:func:`lovlanet.geo.aligned_labels` checks
     CRS, pixel size, alignment and coverage); nodata in either raster is left out.
     """
+    import torch
+
+    with torch.no_grad():
+        return _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, overlap, batch_size, device,
+                               amp, exclude, progress)
+
+
+def _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, overlap, batch_size, device, amp,
+                    exclude, progress) -> dict:
+    import torch
     from tqdm.auto import tqdm
+
+    from .metrics import ConfusionMatrix
 
     from .data.common import IGNORE_INDEX
     from .geo import GeoScene, aligned_labels, gdal_env
@@ -116,8 +135,14 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--out", help="folder for metrics.md and metrics.json")
+    max_pixels_flag(parser)
     args = parser.parse_args(argv)
+    with pixel_limit(args.max_pixels):
+        return _main(args)
 
+
+def _main(args) -> int:
+    from .metrics import metrics_table
     from .model import load_model
 
     if args.out:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
-from .data.common import IGNORE_INDEX, DataError, colours_to_labels
-from .inference import NODATA_LABEL
+from kkattn._io import WriteError
+
+from .data.common import IGNORE_INDEX, NODATA_LABEL, DataError, colour_bands, colours_to_labels
 
 # Rasters read through GDAL. TIFFs without georeferencing keep the plain path (PNG masks).
 GDAL_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -99,8 +99,34 @@ def _opened(rasterio, path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise DataError(f"cannot read raster {path}: {str(exc).splitlines()[0]}") from None
+    except rasterio.errors.RasterioError as exc:
+        raise DataError(f"cannot read raster {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """GDAL's own message: rasterio's "See previous exception" points at the cause, which holds it."""
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reading(rasterio, path, what: str, call):
+    """``call()``, with GDAL's read errors (a truncated or corrupt file) as one :class:`DataError` naming the file."""
+    try:
+        return call()
+    except rasterio.errors.RasterioError as exc:
+        raise DataError(f"cannot read {what} of {path} (truncated or corrupt?): {_first_line(exc)}") from None
+
+
+def _writing(rasterio, path, call):
+    """``call()``, with GDAL's write errors (a full disk, no permission) as a :class:`WriteError` naming the file."""
+    try:
+        return call()
+    except (rasterio.errors.RasterioError, OSError) as exc:
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(getattr(exc, "errno", None), f"cannot write {path}: {_first_line(exc)}") from None
 
 
 class GeoScene:
@@ -126,15 +152,10 @@ class GeoScene:
             raise
 
     def _choose_bands(self, bands) -> list[int]:
-        count = self.src.count
-        if bands is not None:
-            if len(bands) != 3 or min(bands) < 0 or max(bands) >= count:
-                raise DataError(f"{self.path} has {count} band(s); bands {tuple(bands)} were asked for (0-based)")
-            return [b + 1 for b in bands]
         names = [c.name for c in self.src.colorinterp]
-        if all(c in names for c in ("red", "green", "blue")):
+        if bands is None and all(c in names for c in ("red", "green", "blue")):
             return [names.index(c) + 1 for c in ("red", "green", "blue")]
-        return [1, 2, 3] if count >= 3 else [1, 1, 1]
+        return [b + 1 for b in colour_bands(self.src.count, self.path, bands)]
 
     def _value_ranges(self, value_range) -> Optional[list[tuple[float, float]]]:
         """Per chosen band ``(low, high)`` to map to 0–255, or None for 8-bit data used as it is."""
@@ -148,7 +169,8 @@ class GeoScene:
             return None
         scale = max(self.src.height, self.src.width) / SAMPLE_SIDE
         shape = (max(1, round(self.src.height / max(scale, 1))), max(1, round(self.src.width / max(scale, 1))))
-        sample = self.src.read(sorted(set(self.indexes)), out_shape=(len(set(self.indexes)), *shape), masked=True)
+        sample = _reading(self.rasterio, self.path, "an overview", lambda: self.src.read(
+            sorted(set(self.indexes)), out_shape=(len(set(self.indexes)), *shape), masked=True))
         ranges = []
         for i in self.indexes:
             values = sample[sorted(set(self.indexes)).index(i)].compressed()
@@ -160,10 +182,13 @@ class GeoScene:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``((3, h, w) uint8 RGB, (h, w) bool valid)`` of rows ``[y0, y1)`` and columns ``[x0, x1)``."""
+        import torch
+
         window = self.rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
         unique = sorted(set(self.indexes))
-        data = self.src.read(unique, window=window)
-        masks = self.src.read_masks(unique, window=window)
+        what = f"rows {y0}–{y1}, columns {x0}–{x1}"
+        data = _reading(self.rasterio, self.path, what, lambda: self.src.read(unique, window=window))
+        masks = _reading(self.rasterio, self.path, what, lambda: self.src.read_masks(unique, window=window))
         data = data[[unique.index(i) for i in self.indexes]]
         if self.ranges is not None:
             data = np.stack([_scale(band, low, high) for band, (low, high) in zip(data, self.ranges)])
@@ -204,6 +229,7 @@ class ClassRasterWriter:
                        transform=scene.transform, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate",
                        BIGTIFF="IF_SAFER")
         self._temps: list[Path] = []
+        self._ready: list[tuple[Path, Path]] = []
         self.labels = self._create(self.out, dict(profile, count=1, dtype="uint8", nodata=NODATA_LABEL))
         self.labels.write_colormap(1, {**{i: (*map(int, c), 255) for i, c in enumerate(colours)},
                                        NODATA_LABEL: (0, 0, 0, 0)})
@@ -219,29 +245,40 @@ class ClassRasterWriter:
             self.probs.update_tags(CLASS_NAMES=json.dumps(self.class_names), UNITS="percent")
 
     def _create(self, final: Path, profile: dict):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.tif", dir=final.parent)
-        os.close(handle)
-        self._temps.append(Path(tmp))
-        return self.rasterio.open(tmp, "w", **profile)
+        import warnings
+
+        def create():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.tif", dir=final.parent)
+            os.close(handle)
+            self._temps.append(Path(tmp))
+            with warnings.catch_warnings():  # a scene without georeference gives a class raster without one
+                warnings.simplefilter("ignore", self.rasterio.errors.NotGeoreferencedWarning)
+                return self.rasterio.open(tmp, "w", **profile)
+
+        return _writing(self.rasterio, final, create)
 
     def write(self, y0: int, y1: int, x0: int, x1: int, labels: np.ndarray, probs: Optional[np.ndarray]) -> None:
         window = self.rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
-        self.labels.write(labels[None], window=window)
+        _writing(self.rasterio, self.out, lambda: self.labels.write(labels[None], window=window))
         if self.probs is not None and probs is not None:
             percent = np.rint(probs * 100).astype(np.uint8)
             percent[:, labels == NODATA_LABEL] = NODATA_LABEL
-            self.probs.write(percent, window=window)
+            _writing(self.rasterio, self.probabilities, lambda: self.probs.write(percent, window=window))
 
     def commit(self) -> None:
         """Close, convert to COG where GDAL can, and rename into place; then the QGIS style beside it."""
         from kkattn._io import atomic_write_text
 
         datasets = [(self.labels, self.out)] + ([(self.probs, Path(self.probabilities))] if self.probs else [])
-        for dataset, final in datasets:
+        for dataset, final in datasets:  # every file complete before the first is renamed into place
             tmp = Path(dataset.name)
-            dataset.close()
-            os.replace(self._cloud_optimized(tmp, final), final)
+            _writing(self.rasterio, final, dataset.close)
+            ready = _writing(self.rasterio, final, lambda: self._cloud_optimized(tmp, final))
+            self._ready.append((ready, final))
+        for ready, final in self._ready:
+            os.replace(ready, final)
+        self._ready.clear()
         self._temps.clear()
         atomic_write_text(self.out.with_suffix(".qml"), qgis_style(self.class_names, self.colours))
 
@@ -263,7 +300,10 @@ class ClassRasterWriter:
     def discard(self) -> None:
         for dataset in (self.labels, self.probs):
             if dataset is not None and not dataset.closed:
-                dataset.close()
+                try:
+                    dataset.close()
+                except Exception:  # noqa: BLE001  (a full disk fails the close too: the file goes anyway)
+                    pass
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
         self._temps.clear()
@@ -302,13 +342,19 @@ class AlignedLabels:
         from rasterio.windows import Window
 
         window = Window(x0 + self.col_off, y0 + self.row_off, x1 - x0, y1 - y0)
+        import rasterio
+
+        def read(indexes):
+            what = f"rows {y0}–{y1}, columns {x0}–{x1}"
+            return (_reading(rasterio, self.path, what, lambda: self.src.read(indexes, window=window)),
+                    _reading(rasterio, self.path, what, lambda: self.src.read_masks(1, window=window)) > 0)
+
         if self.src.count >= 3:
-            rgb = np.moveaxis(self.src.read([1, 2, 3], window=window), 0, -1)
-            labels = colours_to_labels(rgb, self.colours, self.path, scheme="the model's")
-            valid = self.src.read_masks(1, window=window) > 0
+            rgb, valid = read([1, 2, 3])
+            labels = colours_to_labels(np.moveaxis(rgb, 0, -1), self.colours, self.path, scheme="the model's")
         else:
-            labels = self.src.read(1, window=window).astype(np.int64)
-            valid = self.src.read_masks(1, window=window) > 0
+            labels, valid = read(1)
+            labels = labels.astype(np.int64)
         labels[~valid] = IGNORE_INDEX
         return labels
 

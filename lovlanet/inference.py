@@ -22,10 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data.common import window_starts
+from .data.common import NODATA_LABEL, window_starts  # noqa: F401  (NODATA_LABEL: re-exported)
 from .data.transforms import normalize
 
-NODATA_LABEL = 255  # what a pixel without valid input gets
+
+class NonFiniteOutput(ValueError):
+    """The model gave NaN or infinite logits: a broken checkpoint or input, never turned into a mask."""
+
+
 # Widest column strip, in tiles: wider scenes are cut into strips (memory stays O(strip)).
 MAX_STRIP_TILES = 16
 
@@ -139,7 +143,12 @@ def _predict_strip(model, grid: WindowGrid, read: Reader, write: Writer, c0: int
         for start in range(0, len(crops), batch_size):
             batch = normalize(torch.stack(crops[start:start + batch_size]).to(device), mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                probs = model(batch).float().softmax(dim=1).cpu()
+                logits = model(batch).float()
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteOutput(
+                    f"the model's output holds NaN/inf in the window at row {y}, column {corners[start]}: the "
+                    f"checkpoint or the input is broken, so no labels are written for this scene")
+            probs = logits.softmax(dim=1).cpu()
             if acc is None:
                 acc = torch.zeros(probs.shape[1], covered.shape[0], span)
             for p, x in zip(probs, corners[start:start + batch_size]):

@@ -2,8 +2,9 @@
 
 Both files are rewritten atomically on every row (they hold one row per epoch: tiny), so a kill
 never leaves half a line. A damaged line from elsewhere (an editor, an old version) is reported
-with the file and line number and skipped, never fatal. Rows are keyed by epoch: a resumed run
-first truncates the log to its checkpoint's epoch, so epochs never repeat.
+with the file and line number and skipped, never fatal; the epoch's row is then taken from the other
+file when that one holds it intact (the CSV keeps what a damaged JSONL line lost). Rows are keyed by
+epoch: a resumed run first truncates the log to its checkpoint's epoch, so epochs never repeat.
 """
 from __future__ import annotations
 
@@ -34,21 +35,42 @@ class MetricsLog:
                 self.writer = None
 
     def rows(self) -> list[dict[str, Any]]:
-        """The rows on disk, in order; damaged lines are reported and skipped."""
-        if not self.path.exists():
+        """The rows on disk, by epoch: metrics.jsonl's, and metrics.csv's for epochs whose JSON line is damaged
+        (reported and skipped)."""
+        rows: dict[int, dict[str, Any]] = {}
+        if self.path.exists():
+            for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                        raise ValueError("not a row with an integer 'epoch'")
+                except ValueError as exc:
+                    warnings.warn(f"{self.path} line {number} is damaged ({exc}); skipped", stacklevel=2)
+                    continue
+                rows[row["epoch"]] = row
+        for row in self._csv_rows():
+            rows.setdefault(row["epoch"], row)
+        return [rows[epoch] for epoch in sorted(rows)]
+
+    def _csv_rows(self) -> list[dict[str, Any]]:
+        """metrics.csv's intact rows (every column filled, an integer epoch), values parsed back to numbers."""
+        path = self.out / "metrics.csv"
+        if not path.exists():
+            return []
+        try:
+            with open(path, newline="", errors="replace") as handle:
+                records = list(csv.DictReader(handle))
+        except csv.Error:
             return []
         rows = []
-        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
+        for record in records:
+            if None in record or None in record.values():  # a torn line: too many or too few fields
                 continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-                    raise ValueError("not a row with an integer 'epoch'")
-            except ValueError as exc:
-                warnings.warn(f"{self.path} line {number} is damaged ({exc}); skipped", stacklevel=2)
-                continue
-            rows.append(row)
+            row = strict_json({key: _parse(value) for key, value in record.items()})
+            if isinstance(row.get("epoch"), int):
+                rows.append(row)
         return rows
 
     def truncate(self, epoch: int, row: dict[str, Any] | None = None) -> None:
@@ -82,3 +104,15 @@ class MetricsLog:
             writer.writerows(rows)
 
         atomic_write(self.out / "metrics.csv", write_csv, mode="w")
+
+
+def _parse(text: str) -> Any:
+    """A CSV cell back to what the row held: int, float, None (an empty cell) or the text."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, PathLike, atomic_save, safe_load
+from .checkpoints import CheckpointError, PathLike, atomic_save, check_finite, safe_load
 from .config import LoVLANetConfig
 from .decoder import CrossModalAlignment, SpatialFeatureFusion
 from .encoder import FeaturePyramid, NeighborhoodKKEncoder
@@ -76,8 +76,14 @@ class LoVLANet(nn.Module):
         if images.shape[-2] % patch or images.shape[-1] % patch or images.shape[-1] == 0 or images.shape[-2] == 0:
             raise ValueError(f"image height and width must be positive multiples of the patch size {patch}, "
                              f"got {images.shape[-2]}×{images.shape[-1]} (pad or resize; see lovlanet.data)")
+        if images.shape[0] == 0:
+            raise ValueError("images must hold at least one image, got a batch of 0")
         if not images.is_floating_point():
             raise ValueError(f"images must be a floating-point tensor (normalized RGB), got {images.dtype}")
+        weights = self.encoder.vit.patch_embed.proj.weight.dtype
+        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
+            raise ValueError(f"images are {images.dtype} but the model's weights are {weights}: convert them "
+                             f"(images.to({weights})) or run under torch.autocast")
 
     def forward_train(self, images: Tensor) -> dict[str, Tensor]:
         """Everything the loss needs: ``logits (B, K, H, W)``, ``embeddings (B, E, H/4, W/4)``, ``text (K, E)``, ``tau``."""
@@ -179,4 +185,5 @@ def read_checkpoint(path: PathLike) -> dict:
     model = checkpoint.get("model")
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         raise CheckpointError(f"{path} is damaged: it has no model weights (a mapping of names to tensors)")
+    check_finite(model, path)
     return checkpoint

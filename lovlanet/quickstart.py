@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
-
 from kkattn._io import atomic_write_json
 
 from .checkpoints import atomic_write, atomic_write_text
 from .cli import Parser, check_output_folder, positive_int, run_cli, tile_size
 from .config import parse_variant, variant_name
 from .data import build_dataset
-from .inference import predict_image
-from .metrics import ConfusionMatrix, metrics_table
-from .palette import colourize, legend, overlay, panel
 from .train import TrainConfig, train
+
+# numpy, torch and the model load after the arguments are parsed (--help is instant).
 
 
 def baselines(val_set, train_set, num_classes: int, classes, seed: int = 0) -> dict[str, dict]:
     """Metrics of a constant predictor (most frequent training class) and of uniform random labels."""
+    import numpy as np
+    import torch
+
+    from .metrics import ConfusionMatrix
+
     counts = np.zeros(num_classes, np.int64)
     for i in range(len(train_set)):
         mask = train_set[i]["mask"].numpy()
@@ -56,10 +57,17 @@ def main(argv=None) -> int:
                              "(default: 96 training and 24 validation scenes)")
     parser.add_argument("--size", type=tile_size, default=256, help="scene size in pixels, a multiple of 32 (default: 256)")
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes (default: 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes' split, the model and the training "
+                                                               "(default: 0)")
     args = parser.parse_args(argv)
     if args.size < 64:
         parser.error(f"--size must be at least 64, got {args.size}")
+
+    import numpy as np
+
+    from .inference import predict_image
+    from .metrics import metrics_table
+    from .palette import colourize, legend, overlay, panel
 
     out = check_output_folder(args.out)
     options = {"size": args.size, **({"num_images": args.train_images} if args.train_images else {})}

@@ -10,10 +10,7 @@ import json
 import sys
 import warnings
 
-import torch
-
 from .cli import Parser
-from .model import build_model
 
 # Table 6 of the paper: total parameters (M) at 1024×1024, text tower included.
 PAPER_PARAMS_M = {"baseline": 166.97, "kk": 159.88, "reduce_mlp": 162.25, "kk+reduce_mlp": 155.16, "full": 155.16}
@@ -22,6 +19,10 @@ TABLE6_LABELS = {"baseline": "Baseline", "kk": "KK", "reduce_mlp": "ReduceMLP", 
 
 
 def count_parameters(variant: str, img_size: int = 1024) -> dict[str, int]:
+    import torch
+
+    from .model import build_model
+
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")  # random (here: shapeless) text tower
         return build_model(variant, img_size=img_size).summary()

@@ -25,21 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as dist
-
 from kkattn._io import strict_json
 
 from .checkpoints import CheckpointError, atomic_write_text
 from .config import VARIANTS, LoVLANetConfig
 from .cli import Parser, add_dataclass_flags, json_object, load_config_file, run_cli
-from .data import TrainAugment, build_dataset, dataset_classes, normalize
-from .data.batches import Augmented, collate
-from .distributed import reduce_mean, setup_distributed
-from .evaluate import evaluate_dataset
 from .metrics_log import MetricsLog
-from .model import build_model, read_checkpoint
 from .run_folder import RunFolder
+
+# torch, timm and the data pipeline are imported inside the functions that run the training, so
+# ``lovlanet-train --help`` and a mistyped flag answer before they load (seconds on a busy machine).
 
 # A configuration small enough to train on a laptop CPU in minutes (used by --small and the quickstart).
 SMALL_MODEL = {"visual_kwargs": {"depth": 4, "embed_dim": 256, "num_heads": 4}, "feature_blocks": [1, 2, 3, 4],
@@ -132,6 +127,9 @@ HELP = {
     "visual_checkpoint": "timm/open_clip weights for the ViT",
     "small": "a 4-block, 256-wide ViT and a 2-layer text tower for CPU experiments",
     "crop_size": "training crop (multiple of 32)",
+    "epochs": "passes over the training set", "batch_size": "images per optimizer step and process",
+    "seed": "seed of the model's initialisation, the shuffling and the augmentation",
+    "workers": "data-loading worker processes",
     "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
     "poly_power": "poly schedule lr0·(1 − t/T)^p, t in fractional epochs",
     "accumulate": "gradient accumulation steps",
@@ -153,7 +151,7 @@ class Run:
     cfg: TrainConfig
     rank: int
     world: int
-    device: torch.device
+    device: Any  # torch.device
     model: Any
     ddp: Any
     params: list
@@ -165,6 +163,7 @@ class Run:
     steps: int
     out: Path
     folder: RunFolder
+    resume_state: dict | None = None  # the checkpoint --resume continues, read and checked by build_run
 
     @property
     def is_main(self) -> bool:
@@ -177,6 +176,13 @@ class Run:
 
 def build_run(cfg: TrainConfig) -> Run:
     """Process group, datasets, model, optimizer, poly schedule and loader for ``cfg``."""
+    import torch
+
+    from .data import TrainAugment, build_dataset, dataset_classes
+    from .data.batches import Augmented, collate
+    from .distributed import setup_distributed
+    from .model import build_model
+
     rank, world, device = setup_distributed(cfg.device)
     folder = RunFolder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     if rank == 0:
@@ -210,11 +216,64 @@ def build_run(cfg: TrainConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / total) ** cfg.poly_power)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
+    saved = resume_state(cfg, model.config, out / "last.pt")  # checked before the folder is touched
     if rank == 0:
         folder.claim()
-        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        record_config(cfg, saved, out)
     return Run(cfg, rank, world, device, model, ddp, params, optimizer, scheduler, loader, sampler, val_set, steps, out,
-               folder)
+               folder, saved)
+
+
+# What --resume may change (recorded in OUT/resumes.jsonl): where and how long it runs, not what it learns.
+# Everything else (lr, batch size, data, model, seed...) would make the resumed run a different one.
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "eval_tile")
+BOOKKEEPING = ("out", "resume", "overwrite")  # how this process was started, not the run's settings
+
+
+def resume_state(cfg: TrainConfig, model_config: LoVLANetConfig, last_path: Path) -> dict | None:
+    """The checkpoint ``--resume`` continues (None when not resuming or there is none yet), after checking
+    that it was written for this model and these hyper-parameters (:data:`RESUMABLE_CHANGES` aside)."""
+    from .model import read_checkpoint
+
+    if not cfg.resume or not last_path.exists():
+        return None
+    state = read_checkpoint(last_path)
+    try:
+        saved = LoVLANetConfig.from_dict(state["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"{last_path} has an invalid model config: {exc}") from exc
+    if saved != model_config:
+        raise CheckpointError(f"{last_path} was written for another model configuration "
+                              f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
+    before = state.get("train_config")
+    if isinstance(before, dict):
+        now = dataclasses.asdict(cfg)
+        changed = [k for k in now if k not in BOOKKEEPING + RESUMABLE_CHANGES and k in before and before[k] != now[k]]
+        if changed:
+            name = changed[0]
+            raise CheckpointError(
+                f"--resume: {name} was {before[name]!r} in the run in {last_path.parent}, now {now[name]!r}; a resumed "
+                f"run keeps its hyper-parameters (only {', '.join(RESUMABLE_CHANGES)} may change): drop the flag, or "
+                f"start a new run (another --out, or --overwrite)")
+    return state
+
+
+def record_config(cfg: TrainConfig, saved: dict | None, out: Path) -> None:
+    """``OUT/train_config.json`` (this run's settings); on a resume that changed any of
+    :data:`RESUMABLE_CHANGES`, also a line of ``OUT/resumes.jsonl`` saying what changed and from which epoch."""
+    now = dataclasses.asdict(cfg)
+    atomic_write_text(out / "train_config.json", json.dumps(now, indent=2))
+    before = saved.get("train_config") if saved is not None else None
+    if not isinstance(before, dict):
+        return
+    changes = {k: [before.get(k), now[k]] for k in RESUMABLE_CHANGES if before.get(k) != now[k]}
+    if changes:
+        path = out / "resumes.jsonl"
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        entry = {"epoch": int(saved["epoch"]), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changes}
+        atomic_write_text(path, "".join(lines) + json.dumps(strict_json(entry)) + "\n")
+        print(f"--resume from epoch {entry['epoch']} changes " +
+              ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changes.items()) + f" (recorded in {path})")
 
 
 def resume(run: Run, last_path: Path, log: MetricsLog) -> tuple[int, float]:
@@ -224,19 +283,12 @@ def resume(run: Run, last_path: Path, log: MetricsLog) -> tuple[int, float]:
     """
     if not run.cfg.resume:
         return 0, -1.0
-    if not last_path.exists():
+    state = run.resume_state
+    if state is None:
         if run.is_main:
             print(f"--resume: no {last_path} yet, starting from scratch")
         log.truncate(0)
         return 0, -1.0
-    state = read_checkpoint(last_path)
-    try:
-        saved = LoVLANetConfig.from_dict(state["config"])
-    except ValueError as exc:
-        raise CheckpointError(f"{last_path} has an invalid model config: {exc}") from exc
-    if saved != run.model.config:
-        raise CheckpointError(f"{last_path} was written for another model configuration "
-                              f"(variant {state['config'].get('variant')!r}, classes {state['config'].get('class_names')})")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -249,7 +301,11 @@ def resume(run: Run, last_path: Path, log: MetricsLog) -> tuple[int, float]:
 
 def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
     """One epoch of optimizer steps; returns its loss (mean over steps and ranks), images/s and seconds."""
+    import torch
     from tqdm.auto import tqdm
+
+    from .data import normalize
+    from .distributed import reduce_mean
 
     cfg, model, device = run.cfg, run.model, run.device
     if run.sampler is not None:
@@ -295,6 +351,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def _train(run: Run, progress: bool) -> dict:
+    import torch.distributed as dist
+
+    from .evaluate import evaluate_dataset
+
     cfg = run.cfg
     last_path, best_path = run.out / "last.pt", run.out / "best.pt"
     log = MetricsLog(run.out, run.is_main)

@@ -10,7 +10,9 @@ constants and pointers / multiples of 16 get Triton's divisibility hint, as a re
 contiguous tensors specializes them.
 
 Default: a representative subset (D = 64 and 128, which bound D = 16 and 32 in each tile class, the
-prior with statistics / dσ, every dtype).  ``--full``: every dispatchable variant.  Must run without
+prior with statistics / dσ, every dtype, and fp32 both as IEEE fp32 and as TF32 — what
+``torch.set_float32_matmul_precision("high")`` or ``allow_tf32`` makes the launcher pick, with tensor-core
+operands staged in shared memory).  ``--full``: every dispatchable variant.  Must run without
 TRITON_INTERPRET=1 (interpreted kernels cannot be compiled).
 """
 from __future__ import annotations
@@ -23,18 +25,25 @@ import os
 import sys
 
 ARCHS = (80, 86, 89, 90)
-DTYPES = ("float16", "bfloat16", "float32")
+# (dtype, fp32 matmul precision as torch.get_float32_matmul_precision() names it)
+PRECISIONS = (("float16", "highest"), ("bfloat16", "highest"), ("float32", "highest"), ("float32", "high"))
 
 
 def variants(full: bool):
-    """(pass, dtype, head dim, has_prior, flag): flag is WITH_STATS (forward) or NEED_DSIGMA (backward)."""
+    """(pass, dtype, head dim, has_prior, flag, matmul precision): flag is WITH_STATS (forward) or NEED_DSIGMA
+    (backward); the precision only matters for float32 ("highest": IEEE, "high": TF32)."""
     dims = (16, 32, 64, 128) if full else (64, 128)
     out = []
-    for dtype, d in itertools.product(DTYPES, dims):
+    for (dtype, precision), d in itertools.product(PRECISIONS, dims):
         flags = [(True, True), (True, False), (False, True), (False, False)] if full else [(True, True)]
-        out += [("forward", dtype, d, p, f) for p, f in flags]
-        out += [("backward", dtype, d, p, f) for p, f in flags if p or not f]
+        out += [("forward", dtype, d, p, f, precision) for p, f in flags]
+        out += [("backward", dtype, d, p, f, precision) for p, f in flags if p or not f]
     return out
+
+
+def label(result: dict) -> str:
+    """``float16``, ``bfloat16``, ``float32`` or ``float32-tf32``."""
+    return result["dtype"] + ("-tf32" if result.get("precision") == "high" else "")
 
 
 def _signature(launch):
@@ -74,8 +83,9 @@ def compile_variant(arch: int, variant) -> dict:
 
     from kkattn.backends import SHARED_MEMORY_PER_BLOCK, triton_launch
 
-    kind, dtype_name, head_dim, has_prior, flag = variant
+    kind, dtype_name, head_dim, has_prior, flag, precision = variant
     dtype = getattr(torch, dtype_name)
+    torch.set_float32_matmul_precision(precision)  # what the launcher reads (this worker runs one variant at a time)
     budget = SHARED_MEMORY_PER_BLOCK[arch]
     shape = (1, 2, 1025, head_dim)  # N: several blocks and a partial one (only the shapes' values matter)
     k = torch.empty(shape, dtype=dtype, device="meta")
@@ -87,8 +97,9 @@ def compile_variant(arch: int, variant) -> dict:
         launch = triton_launch.backward_launch(k, k, k, rows, rows, rows, rows, sigma, 41, 0, 0.125, flag, budget=budget)
     signature, constexprs, attrs = _signature(launch)
     tiles = {n: launch.meta[n] for n in launch.meta if n.startswith("BLOCK") or n.startswith("num_")}
-    result = {"arch": arch, "pass": kind, "dtype": dtype_name, "head_dim": head_dim, "prior": has_prior,
-              "flag": flag, "tiles": tiles, "budget": budget}
+    result = {"arch": arch, "pass": kind, "dtype": dtype_name, "precision": precision, "head_dim": head_dim,
+              "prior": has_prior, "flag": flag, "tiles": tiles, "budget": budget,
+              "input_precision": launch.meta["INPUT_PRECISION"]}
     try:
         compiled = triton.compile(ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                                   target=GPUTarget("cuda", arch, 32),
@@ -119,7 +130,7 @@ def main(argv=None) -> int:
         t = r["tiles"]
         rows, cols = (t.get("BLOCK_M") or t.get("BLOCK_I")), (t.get("BLOCK_N") or t.get("BLOCK_J"))
         shared = f"{r['shared'] / 1024:.1f}" if "shared" in r else f"FAILED: {r['error']}"
-        print(f"| sm_{r['arch']} | {r['pass']} | {r['dtype']} | {r['head_dim']} | {r['prior']} | {r['flag']} | "
+        print(f"| sm_{r['arch']} | {r['pass']} | {label(r)} | {r['head_dim']} | {r['prior']} | {r['flag']} | "
               f"{rows}, {cols}, {t['num_warps']}, {t['num_stages']} | {shared} | {r['budget'] / 1024:.0f} |")
     if args.json:
         tmp = args.json + ".tmp"

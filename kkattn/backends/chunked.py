@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._alloc import acc_dtype, empty_output
+from .._numerics import logit_grad_
 from .._prior import prior_from_distances, squared_distances
 
 # Rows per block: large enough for efficient GEMMs, small enough that each (B, H, rows, N)
@@ -106,7 +107,7 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, del
         _diagonal(p, start).copy_(p_diag[:, :, start:stop])
         do_r = doc[:, :, start:stop]
         dv_acc += p.transpose(-1, -2) @ do_r
-        ds = (do_r @ vc.transpose(-1, -2)).sub_(delta[:, :, start:stop, None]).mul_(p)
+        ds = logit_grad_(do_r @ vc.transpose(-1, -2), delta[:, :, start:stop, None], p)
         _diagonal(ds, start).copy_(-p_diag[:, :, start:stop] * delta_diag[:, :, start:stop])
         # dK = scale·(dS + dSᵀ)K: this block's rows of dS, and its columns of dSᵀ.
         dk_acc[:, :, start:stop] += (ds @ kc) * scale

@@ -21,9 +21,11 @@ on the diagonal (kkattn/_ops.py says why).
 import triton
 import triton.language as tl
 
+from .._numerics import ONE_HOT_P as _ONE_HOT_P
 from .._prior import LOG2E as _LOG2E
 
 LOG2E = tl.constexpr(_LOG2E)  # kkattn._prior's constant, as a compile-time constant for the kernels
+ONE_HOT_P = tl.constexpr(_ONE_HOT_P)  # kkattn._numerics: a weight this close to 1 holds its whole row
 
 
 @triton.jit
@@ -284,8 +286,9 @@ def nkk_bwd_kernel(
         dv_acc += tl.dot(tl.trans(p.to(do_i.dtype)), do_i, input_precision=INPUT_PRECISION)
         dp = tl.dot(do_i, vt_j, input_precision=INPUT_PRECISION)    # dP_iJ
         dpt = tl.dot(v_i, dot_j, input_precision=INPUT_PRECISION)   # dP_Jiᵀ
-        ds = tl.where(diag, -p * ddiag_j[None, :], p * (dp - delta_i[:, None]))
-        dst = tl.where(diag, -pt * ddiag_j[None, :], pt * (dpt - delta_j[None, :]))
+        # A one-hot row held by another token: dS = 0 exactly (kkattn/_numerics.py).
+        ds = tl.where(diag, -p * ddiag_j[None, :], tl.where(p >= ONE_HOT_P, 0.0, p * (dp - delta_i[:, None])))
+        dst = tl.where(diag, -pt * ddiag_j[None, :], tl.where(pt >= ONE_HOT_P, 0.0, pt * (dpt - delta_j[None, :])))
         dk_acc += tl.dot(tl.trans((ds + dst).to(k_i.dtype)), k_i, input_precision=INPUT_PRECISION)
         if HAS_PRIOR:
             if NEED_DSIGMA:

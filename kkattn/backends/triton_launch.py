@@ -41,23 +41,34 @@ def _input_precision(dtype: torch.dtype) -> Optional[str]:
 
 # (rows, columns, num_warps, num_stages) of a tile, by pass and head dim (≤ 64 or not).  Fixed, not
 # autotuned: autotuning under the interpreter would need a CPU do_bench, and the benchmarks tune these.
-# With these, fp16/bf16 need at most 76 KB of shared memory per block, fp32 up to 152 KB (triton 3.6–3.8).
+# Shared memory per block with these (tests/triton_aot.py, triton 3.8, prior + statistics/dσ): fp16/bf16 at
+# most 80 KB on sm_80–89 and 144 KB on sm_90 (112 KB at D ≤ 64; the forward's smoother vectors included);
+# IEEE fp32 up to 160 KB (sm_80's budget is 163 KB). The test compiles every table below for its architectures.
 _GPU_TILES = {
     ("forward", True): (128, 64, 4, 3), ("forward", False): (64, 64, 4, 2),
     ("backward", True): (64, 64, 4, 2), ("backward", False): (32, 64, 4, 2),
 }
 # fp32 operands take twice the space: GPUs below _LARGE_BUDGET per block (RTX 30xx/40xx: 99 KB) run
-# fp32 with these, at most 81 KB.
+# fp32 with these, at most 96 KB.
 _GPU_TILES_FP32_SMALL = {
     ("forward", True): (64, 64, 4, 2), ("forward", False): (64, 32, 4, 2),
     ("backward", True): (32, 64, 4, 2), ("backward", False): (16, 32, 4, 2),
 }
+# TF32 (fp32 inputs under torch.set_float32_matmul_precision("high")) stages its tensor-core operands in
+# shared memory, twice the bytes of fp16's (the large tiles would need 224–288 KB on sm_90, 176 KB on
+# sm_80): the small fp32 tiles, on every architecture, at most 96 KB (sm_80–89) and 160 KB (sm_90).
+_GPU_TILES_TF32 = _GPU_TILES_FP32_SMALL
 _LARGE_BUDGET = SHARED_MEMORY_PER_BLOCK[80]  # A100's 163 KB: every _GPU_TILES variant fits
 
 
-def gpu_tiles(kind: str, head_dim: int, dtype: torch.dtype, budget: int) -> tuple[int, int, int, int]:
-    """The tile of pass ``kind`` for a GPU allowing ``budget`` bytes of shared memory per block."""
+def gpu_tiles(kind: str, head_dim: int, dtype: torch.dtype, budget: int,
+              input_precision: Optional[str] = None) -> tuple[int, int, int, int]:
+    """The tile of pass ``kind`` for a GPU allowing ``budget`` bytes of shared memory per block.
+
+    ``input_precision``: what :func:`_input_precision` gives fp32 ("ieee" or "tf32")."""
     key = (kind, head_dim <= 64)
+    if dtype == torch.float32 and input_precision == "tf32":
+        return _GPU_TILES_TF32[key]
     if dtype == torch.float32 and budget < _LARGE_BUDGET:
         return _GPU_TILES_FP32_SMALL[key]
     return _GPU_TILES[key]
@@ -70,7 +81,7 @@ def _tiles(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
         return 32, 32, 4, 1
     if budget is None:
         budget = _gpu_shared_memory(device.index)
-    return gpu_tiles(kind, head_dim, dtype, budget)
+    return gpu_tiles(kind, head_dim, dtype, budget, _input_precision(dtype))
 
 
 class Launch(NamedTuple):

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import inspect
 
+from kkattn._lazy import lazy_attributes
+
 from .common import IGNORE_INDEX, DataError, read_image
-from .folder import ImageFolder
-from .gid import GID, GID_CLASSES, GID_COLOURS
-from .loveda import LoveDA, loveda_classes
-from .synthetic import SyntheticLandCover
-from .transforms import TrainAugment, normalize
 
 DATASETS = ("synthetic", "loveda", "gid", "folder")
+# The dataset classes (and torch/torchvision with them) load on first use, so the tools' --help is instant.
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    name: (module, name) for module, names in {
+        ".folder": ("ImageFolder",), ".gid": ("GID", "GID_CLASSES", "GID_COLOURS"),
+        ".loveda": ("LoveDA", "loveda_classes"), ".synthetic": ("SyntheticLandCover",),
+        ".transforms": ("TrainAugment", "normalize"),
+    }.items() for name in names})
 
 
 def build_dataset(name: str, root=None, split: str = "train", **options):
@@ -22,7 +26,7 @@ def build_dataset(name: str, root=None, split: str = "train", **options):
     key = name.lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
-    cls = {"synthetic": SyntheticLandCover, "loveda": LoveDA, "gid": GID, "folder": ImageFolder}[key]
+    cls = __getattr__({"synthetic": "SyntheticLandCover", "loveda": "LoveDA", "gid": "GID", "folder": "ImageFolder"}[key])
     takes = [n for n, p in inspect.signature(cls).parameters.items()
              if p.kind is p.KEYWORD_ONLY or (p.default is not p.empty and n not in ("root", "split"))]
     unknown = sorted(set(options) - set(takes))
@@ -30,15 +34,13 @@ def build_dataset(name: str, root=None, split: str = "train", **options):
         raise DataError(f"unknown dataset option(s) for {key}: {', '.join(map(str, unknown))} "
                         f"(it takes {', '.join(takes) or 'none'})")
     if key == "synthetic":
-        return SyntheticLandCover(split, **options)
+        return cls(split, **options)
     if root is None:
         raise ValueError(f"dataset {name!r} needs a root folder (--data-root)")
-    if key == "loveda":
-        return LoveDA(root, split, **options)
-    if key == "gid":
-        return GID(root, split, **options)
+    if key in ("loveda", "gid"):
+        return cls(root, split, **options)
     folder = root if split in (None, "", "all") else _split_folder(root, split)
-    return ImageFolder(folder, **options)
+    return cls(folder, **options)
 
 
 def _split_folder(root, split):

@@ -6,40 +6,117 @@ the model's weights expect (``model.config.mean/std``), so datasets do not depen
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from ..checkpoints import PathLike
-
+from kkattn._io import PathLike
 
 IGNORE_INDEX = 255
+NODATA_LABEL = 255  # what a predicted pixel without valid input gets (class rasters' nodata)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+# Images decoded whole (PNG, JPEG, and TIFFs read without GDAL) may have at most this many pixels, checked
+# from the header before any pixel is decoded: a tiny file can claim 10¹⁰ pixels. Predicting one costs about
+# 20 bytes a pixel at worst (a 16-bit TIFF stretched to 8 bits, labels, palette image, overlay), so the
+# default (a 10,000 × 10,000 image) stays near 2 GB. Rasters GDAL reads go window by window instead.
+MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "LOVLANET_MAX_PIXELS"  # raises (or lowers) the limit for a process; the tools take --max-pixels
+_limit: list[int] = []  # set by pixel_limit()
 
 
 class DataError(ValueError):
     """A dataset folder or file that is missing, unreadable or inconsistent; the message names it."""
 
 
+class ImageTooLarge(DataError):
+    """An image whose header claims more pixels than :func:`max_pixels` allows it to be decoded whole."""
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int | None):
+    """Within the block, :func:`max_pixels` is ``limit`` (None: unchanged). The tools' ``--max-pixels``."""
+    if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"max_pixels must be a positive integer, got {limit!r}")
+    if limit is not None:
+        _limit.append(limit)
+    try:
+        yield
+    finally:
+        if limit is not None:
+            _limit.pop()
+
+
+def max_pixels() -> int:
+    """The pixel limit for images decoded whole: :func:`pixel_limit`'s, else ``$LOVLANET_MAX_PIXELS``, else
+    :data:`MAX_PIXELS`."""
+    if _limit:
+        return _limit[-1]
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise DataError(f"{MAX_PIXELS_ENV}={text!r} is not a number of pixels") from None
+    if value <= 0:
+        raise DataError(f"{MAX_PIXELS_ENV}={text!r} must be positive")
+    return value
+
+
+def check_pixels(path: PathLike, height: int, width: int, streamable: bool = False) -> None:
+    """Raise :class:`ImageTooLarge` when a ``height × width`` image (from its header) is over the limit.
+
+    ``streamable``: the file is a TIFF, which the tools read window by window when rasterio is installed.
+    """
+    limit = max_pixels()
+    if height * width <= limit:
+        return
+    fix = ("install rasterio (pip install \"kkattn[geo]\") to read TIFFs window by window, or " if streamable
+           else "convert it to a tiled GeoTIFF (read window by window), or ")
+    raise ImageTooLarge(f"{path} is {width}×{height} ({height * width:,} pixels), over the {limit:,}-pixel limit "
+                        f"for images decoded whole: {fix}raise the limit with --max-pixels (or ${MAX_PIXELS_ENV}) "
+                        f"if this machine has the memory")
+
+
+def colour_bands(count: int, path: PathLike, bands: Sequence[int] | None = None) -> list[int]:
+    """The three 0-based bands read as RGB from a ``count``-band raster.
+
+    ``bands`` when given; else the first three; one band is repeated as grey. Two bands (e.g. grey + alpha,
+    or two spectral bands) have no natural RGB reading: they need ``bands`` (``--bands``) to say which.
+    """
+    if bands is not None:
+        bands = [int(b) for b in bands]
+        if len(bands) != 3 or min(bands) < 0 or max(bands) >= count:
+            raise DataError(f"{path} has {count} band(s); bands {tuple(bands)} were asked for (0-based)")
+        return bands
+    if count >= 3:
+        return [0, 1, 2]
+    if count == 1:
+        return [0, 0, 0]
+    raise DataError(f"{path} has {count} bands: pass --bands with three 0-based band numbers to read as RGB "
+                    f"(e.g. --bands 0 1 1); one band is read as grey, three or more as RGB")
+
+
 def read_image(path: PathLike, bands: Sequence[int] | None = None) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 RGB array from PNG/JPEG (Pillow) or TIFF (tifffile).
 
     ``bands``: 0-based channels to take from a multi-band image (e.g. ``(1, 2, 3)`` for the RGB of
-    GID's NIR-RGB images); default: the first three, or one band repeated as grey. TIFFs are read by
+    GID's NIR-RGB images); default: see :func:`colour_bands` (PNG/JPEG: Pillow's RGB conversion). Images
+    over :func:`max_pixels` are refused from their header, before decoding. TIFFs are read by
     their declared axes, so planar ``(C, H, W)`` files are handled whatever C is. Never BGR: neither
     reader swaps channels.
     """
     path = Path(path)
+    height, width, _ = probe_image(path)
+    check_pixels(path, height, width, streamable=path.suffix.lower() in (".tif", ".tiff"))
     array = _open_image(path, lambda series: _bands_last(np.asarray(series.asarray()), series.axes, path),
-                        lambda img: np.asarray(img.convert("RGB") if bands is None else img))
+                        lambda img: np.asarray(img.convert("RGB") if bands is None else img), whole=True)
     if array.ndim == 2:
         array = array[..., None]
-    chosen = list(bands) if bands is not None else ([0, 1, 2] if array.shape[-1] >= 3 else [0, 0, 0])
-    if max(chosen) >= array.shape[-1]:
-        raise DataError(f"{path} has {array.shape[-1]} band(s); bands {tuple(chosen)} were asked for")
-    array = array[..., chosen]
+    array = array[..., colour_bands(array.shape[-1], path, bands)]
     if array.dtype != np.uint8:
         array = to_uint8(array)
     return np.ascontiguousarray(array)
@@ -64,8 +141,9 @@ def probe_image(path: PathLike) -> tuple[int, int, int]:
     """``(height, width, bands)`` from the file's header, without reading pixels; :class:`DataError` when
     it is not a readable image. The tools check every input this way before any work starts."""
     path = Path(path)
+    # Only the header is read: Pillow's bomb check is left to check_pixels, which names the limit and its flag.
     return _open_image(path, lambda series: _tiff_extent(series.shape, series.axes, path),
-                       lambda img: (img.height, img.width, len(img.getbands())))
+                       lambda img: (img.height, img.width, len(img.getbands())), whole=True)
 
 
 def _tiff_extent(shape: tuple, axes: str, path: Path) -> tuple[int, int, int]:
@@ -75,11 +153,12 @@ def _tiff_extent(shape: tuple, axes: str, path: Path) -> tuple[int, int, int]:
     return shape[axes.index("Y")], shape[axes.index("X")], bands
 
 
-def _open_image(path: Path, tiff, pil):
+def _open_image(path: Path, tiff, pil, whole: bool = False):
     """``tiff(first series)`` for TIFFs (tifffile), ``pil(image)`` for the rest (Pillow); every reader
-    failure becomes one :class:`DataError` naming the file."""
+    failure becomes one :class:`DataError` naming the file. ``whole``: the caller reads only the header or
+    has checked the size against :func:`max_pixels`, which then replaces Pillow's decompression-bomb limit."""
     if not path.is_file():
-        raise DataError(f"image not found: {path}")
+        raise DataError(f"image not found: {path}" if not path.is_dir() else f"{path} is a folder, not an image")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -88,12 +167,31 @@ def _open_image(path: Path, tiff, pil):
                 return tiff(tif.series[0])
         from PIL import Image
 
-        with Image.open(path) as img:
+        with _pillow_limit(Image, whole), Image.open(path) as img:
             return pil(img)
     except DataError:
         raise
     except Exception as exc:  # Pillow/tifffile raise many types for truncated or foreign files
         raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _pillow_limit(Image, checked: bool):
+    """Pillow's decompression-bomb check (a warning past 89 M pixels, an error past 179 M) off while an image
+    already checked against :func:`max_pixels` is decoded: that limit is the one the user can set."""
+    if not checked:
+        yield
+        return
+    import warnings
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -108,6 +206,8 @@ def read_label(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"mask not found: {path}")
+    height, width, _ = probe_image(path)
+    check_pixels(path, height, width)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -115,7 +215,7 @@ def read_label(path: PathLike) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         from PIL import Image
 
-        with Image.open(path) as img:
+        with _pillow_limit(Image, True), Image.open(path) as img:
             if img.mode == "P":  # palette PNGs store indices; converting would give colours
                 return np.asarray(img)
             return np.asarray(img.convert("RGB") if img.mode in ("RGBA", "CMYK", "YCbCr") else img)
@@ -172,6 +272,8 @@ def list_images(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[
 
 
 def sample(image: np.ndarray, mask: np.ndarray | None, name: str) -> dict:
+    import torch
+
     out = {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(), "name": name}
     if mask is not None:
         out["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()

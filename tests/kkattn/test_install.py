@@ -3,6 +3,8 @@ the kernel warns once on first use and says how to rebuild."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -68,3 +70,21 @@ def test_no_warning_with_the_kernel_built():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kkattn.neighborhood_kk_attention(torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16), 2.0, grid=(3, 4))
+
+
+@pytest.mark.parametrize("env,builds_cuda", [({}, False), ({"TORCH_CUDA_ARCH_LIST": "9.0"}, True),
+                                             ({"KKATTN_BUILD_CUDA": "1"}, True)])
+def test_the_cuda_kernels_are_built_only_when_asked_or_a_gpu_is_visible(env, builds_cuda):
+    """A CPU-only install skips the CUDA kernels (most of the build) and says so in one line with the fix."""
+    if torch.version.cuda is None or not (Path("/usr/local/cuda/bin/nvcc").exists() or shutil.which("nvcc")):
+        pytest.skip("needs a CUDA torch and nvcc, as the decision is only asked then")
+    base = {k: v for k, v in os.environ.items() if k not in ("KKATTN_BUILD_CUDA", "TORCH_CUDA_ARCH_LIST")}
+    result = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**base, "CUDA_VISIBLE_DEVICES": "", **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kkattn: building")]
+    assert len(lines) == 1, result.stderr
+    if builds_cuda:
+        assert "CPU and CUDA kernels" in lines[0]
+    else:
+        assert "CPU kernel only" in lines[0] and "KKATTN_BUILD_CUDA=1" in lines[0]

@@ -60,6 +60,33 @@ def test_saturated_softmax(backend, device, dtype, case):
     assert dk.abs().max().item() == 0.0
 
 
+# Saturated rows held by another token: key 5 is 3× key 2 and key 20 is 2× key 9, so rows 2 and 9 are one-hot
+# on columns 5 and 20 (logit gaps ~1e7); every other row is one-hot on its diagonal. The exact dS is 0 everywhere,
+# and so is fp32 autograd's; dP − δ from two summation orders would be rounding times |k| ~ 1e4 (1.1e-3 in dk).
+HELD = Case(1, 2, (5, 6), 64, num_prefix_tokens=1, sigma="tensor", key_scale=1e3)
+
+
+@pytest.mark.parametrize("backend,device", TARGETS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_saturated_rows_held_by_another_token(backend, device, dtype):
+    k, v, dout, sigma = make_inputs(HELD, dtype, device)
+    k[:, :, 5], k[:, :, 20] = 3 * k[:, :, 2], 2 * k[:, :, 9]
+    check_backend(HELD, backend, device, dtype, inputs=(k, v, dout, sigma))
+    _, dk, _, _ = run_with_grads(backend_fn(HELD, backend), k, v, dout, sigma)
+    assert dk.abs().max().item() == 0.0
+
+
+def test_the_one_hot_threshold_is_one_number_in_python_and_cpp():
+    import re
+    from pathlib import Path
+
+    from kkattn._numerics import ONE_HOT_P
+
+    header = (Path(__file__).parents[2] / "csrc" / "kkattn_math.h").read_text()
+    found = re.search(r"ONE_HOT_P = 1\.0f - 0x1p-(\d+)f;", header)
+    assert found and 1.0 - 2.0 ** -int(found.group(1)) == ONE_HOT_P
+
+
 # ----------------------------------------------------------------------------------------- σ edges
 def _identity_prior(grid, num_prefix_tokens):
     n = grid[0] * grid[1] + num_prefix_tokens

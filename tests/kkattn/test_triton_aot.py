@@ -1,6 +1,7 @@
 """The Triton kernels compiled ahead of time for sm_80, sm_86, sm_89 and sm_90 (no GPU needed): every
 variant compiles, and its shared memory fits the architecture's per-block budget
-(``kkattn.backends.SHARED_MEMORY_PER_BLOCK``) with the tiles the launcher picks for that budget.
+(``kkattn.backends.SHARED_MEMORY_PER_BLOCK``) with the tiles the launcher picks for that budget, fp32
+both as IEEE fp32 and as TF32 (``torch.set_float32_matmul_precision("high")``).
 
 The default is a representative subset (tests/triton_aot.py says which); ``KKATTN_AOT_FULL=1`` compiles
 every dispatchable variant (about ten minutes on 2 cores).
@@ -27,8 +28,9 @@ def test_every_variant_compiles_within_its_architectures_budget(tmp_path):
     assert report.exists(), proc.stderr[-3000:]
     results = json.loads(report.read_text())
     assert {r["arch"] for r in results} == {80, 86, 89, 90}
-    assert {(r["pass"], r["dtype"]) for r in results} == {(p, d) for p in ("forward", "backward")
-                                                          for d in ("float16", "bfloat16", "float32")}
+    assert {(r["pass"], r["dtype"], r["input_precision"]) for r in results} == {
+        (p, d, i) for p in ("forward", "backward")
+        for d, i in (("float16", None), ("bfloat16", None), ("float32", "ieee"), ("float32", "tf32"))}
     failed = [r for r in results if "shared" not in r]
     assert not failed, f"variants that do not compile: {failed}"
     over = [r for r in results if r["shared"] > r["budget"]]

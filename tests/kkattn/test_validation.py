@@ -124,3 +124,19 @@ def test_missing_extension_falls_back_and_says_why(monkeypatch):
         kkattn.neighborhood_kk_attention(k0, v0, 2.0, backend="cpu")
     out = kkattn.neighborhood_kk_attention(k0, v0, 2.0)
     torch.testing.assert_close(out, reference.neighborhood_kk_attention(k0, v0, 2.0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_0d_sigma_tensor_is_a_scalar_and_differentiable():
+    k, v = torch.randn(1, 3, 13, 16, dtype=torch.float64), torch.randn(1, 3, 13, 16, dtype=torch.float64)
+    want = kkattn.neighborhood_kk_attention(k, v, 1.5, grid=(3, 4), num_prefix_tokens=1)
+    sigma = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    got = kkattn.neighborhood_kk_attention(k, v, sigma, grid=(3, 4), num_prefix_tokens=1)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    per_head = torch.full((3,), 1.5, dtype=torch.float64, requires_grad=True)  # the sum of the heads' dσ
+    kkattn.neighborhood_kk_attention(k, v, per_head, grid=(3, 4), num_prefix_tokens=1).sum().backward()
+    torch.testing.assert_close(sigma.grad, per_head.grad.sum())
+    assert kkattn.gaussian_prior((3, 4), torch.tensor(1.5)).shape == (12, 12)  # as for a float σ
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        kkattn.neighborhood_kk_attention(k, v, torch.tensor(-1.0, dtype=torch.float64), grid=(3, 4),
+                                         num_prefix_tokens=1)
