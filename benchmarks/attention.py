@@ -103,9 +103,8 @@ def methods_for(device: str) -> list[str]:
     for backend in AUTO_ORDER[device]:
         if status[backend].available and not (backend == "triton" and device != "cuda"):
             names.append(f"kkattn-{backend}")
-    names += ["reference", "sdpa+G", "flex"]
-    if device == "cuda":
-        names.append("sdpa")
+    # sdpa: no bias at all (PyTorch's flash attention, also on CPUs): the floor a fused prior competes with.
+    names += ["reference", "sdpa+G", "flex", "sdpa"]
     return names
 
 

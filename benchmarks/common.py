@@ -24,15 +24,26 @@ def machine() -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     info["cpu"] = f"{cpu} ({os.cpu_count()} logical cores)"
+    # The ISA the half-precision kernels can use (AMX tiles, AVX-512 BF16/FP16), and what kkattn-cpu chose.
+    info["cpu_isa"] = [f for f in ISA_FLAGS if f in flags]
+    try:
+        from kkattn.backends import cpu as kkattn_cpu
+
+        if kkattn_cpu.load() is None:
+            info["kkattn_cpu_half"] = {str(dt).removeprefix("torch."): kkattn_cpu.half_precision_path(dt, 64)
+                                       for dt in (torch.bfloat16, torch.float16)}
+    except Exception:  # noqa: BLE001  (a report, not a check)
+        pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = props.name
@@ -46,6 +57,9 @@ def machine() -> dict:
     return info
 
 
+ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+
+
 def device_slug(device: str) -> str:
     name = torch.cuda.get_device_name(0) if device == "cuda" else machine()["cpu"].split(" (")[0]
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -55,6 +69,10 @@ def device_slug(device: str) -> str:
 def describe(info: dict) -> str:
     hw = f"{info['gpu']} ({info['gpu_memory_gb']} GB, driver {info.get('driver')}, CUDA {info.get('cuda')})" \
         if "gpu" in info else info["cpu"]
+    if "gpu" not in info and info.get("cpu_isa") is not None:
+        hw += f", ISA {' '.join(info['cpu_isa']) or 'baseline x86-64'}"
+        if info.get("kkattn_cpu_half"):
+            hw += ", kkattn-cpu half precision: " + ", ".join(f"{k} {v}" for k, v in info["kkattn_cpu_half"].items())
     return f"{hw}; {info['threads']} torch threads; torch {info['torch']}, triton {info['triton']}, Python {info['python']}"
 
 

@@ -27,10 +27,12 @@
 //  * Parallel with at::parallel_for (OpenMP in PyTorch builds): honours torch.get_num_threads().
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -183,8 +185,14 @@ KKATTN_CLONES void logit_grads(float* __restrict ds, float* __restrict t, const 
 struct Prior {
   int64_t grid_h = 0, grid_w = 1, num_prefix = 0;
   std::vector<float> g_row, g_col;  // [H][grid_h], [H][grid_w]
+  // [H][2·grid_w − 1]: g_c(|t|) at t + grid_w − 1, so a run's column profile g_c(|c − col|), c in [c0, c1),
+  // is the contiguous slice from c0 − col + grid_w − 1: no gather per run.
+  std::vector<float> g_col_sym;
   const float* rows(int64_t h) const { return g_row.data() + h * grid_h; }
   const float* cols(int64_t h) const { return g_col.data() + h * grid_w; }
+  const float* profile(int64_t h, int64_t c0, int64_t col) const {
+    return g_col_sym.data() + h * (2 * grid_w - 1) + (c0 - col + grid_w - 1);
+  }
 };
 
 Prior make_prior(const at::Tensor& sigma, int64_t n_tokens, int64_t grid_w, int64_t num_prefix) {
@@ -202,17 +210,21 @@ Prior make_prior(const at::Tensor& sigma, int64_t n_tokens, int64_t grid_w, int6
     for (int64_t t = 0; t < prior.grid_h; ++t) prior.g_row[h * prior.grid_h + t] = gauss_1d(t, inv_two_var);
     for (int64_t t = 0; t < grid_w; ++t) prior.g_col[h * grid_w + t] = gauss_1d(t, inv_two_var);
   }
+  prior.g_col_sym.resize(heads * (2 * grid_w - 1));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t t = -(grid_w - 1); t < grid_w; ++t)
+      prior.g_col_sym[h * (2 * grid_w - 1) + t + grid_w - 1] = prior.g_col[h * grid_w + (t < 0 ? -t : t)];
   return prior;
 }
 
 // Calls fn(a, b0, b1, dr, weight, run_profile) for each run of keys [b0, b1) (tile-local columns) on
 // one grid row whose largest prior entry g_r(dr)·g_c(nearest Δc) is not negligible (every run when
-// keep_negligible); run_profile[b − b0] = g_c(Δc) of key b, computed over the run's own columns only.
+// keep_negligible); run_profile[b − b0] = g_c(Δc) of key b, a slice of Prior::g_col_sym.
 // Skipping by the nearest column as well as by the row gap is what keeps wide grids (1×N) as cheap as
 // square ones: there every tile is on grid row 0, and only the column distance makes G vanish.
 template <typename Fn>
 void for_each_prior_run(const Prior& prior, int64_t h, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
-                        float* profile, bool keep_negligible, Fn&& fn) {
+                        bool keep_negligible, Fn&& fn) {
   const int64_t gap = min_row_gap(i0, i0 + rows, j0, j0 + cols, prior.grid_w, prior.num_prefix);
   if (gap < 0) return;
   const float* g_row = prior.rows(h);
@@ -229,10 +241,7 @@ void for_each_prior_run(const Prior& prior, int64_t h, int64_t i0, int64_t rows,
       const int64_t dr = pa.row > pj.row ? pa.row - pj.row : pj.row - pa.row;
       const int64_t nearest = pa.col < c0 ? c0 - pa.col : (pa.col >= c1 ? pa.col - (c1 - 1) : 0);
       const float w = g_row[dr];
-      if (keep_negligible || w * g_col[nearest] >= kNegligiblePrior) {
-        for (int64_t c = c0; c < c1; ++c) profile[c - c0] = g_col[c > pa.col ? c - pa.col : pa.col - c];
-        fn(a, j - j0, end - j0, dr, w, profile);
-      }
+      if (keep_negligible || w * g_col[nearest] >= kNegligiblePrior) fn(a, j - j0, end - j0, dr, w, prior.profile(h, c0, pa.col));
       j = end;
     }
   }
@@ -240,8 +249,8 @@ void for_each_prior_run(const Prior& prior, int64_t h, int64_t i0, int64_t rows,
 
 // S[a][b] += G(i0 + a, j0 + b) over the tile.
 void add_prior(float* s, int64_t lds, const Prior& prior, int64_t h, int64_t i0, int64_t rows, int64_t j0,
-               int64_t cols, float* profile) {
-  for_each_prior_run(prior, h, i0, rows, j0, cols, profile, false,
+               int64_t cols) {
+  for_each_prior_run(prior, h, i0, rows, j0, cols, false,
                      [&](int64_t a, int64_t b0, int64_t b1, int64_t, float w, const float* run_profile) {
                        axpy(s + a * lds + b0, run_profile, w, b1 - b0);
                      });
@@ -249,9 +258,9 @@ void add_prior(float* s, int64_t lds, const Prior& prior, int64_t h, int64_t i0,
 
 // Σ_ab dS[a][b]·G·d² over the tile (dσ·σ³ share); every pair counts, however small its G.
 double prior_grad_sum(const float* ds, int64_t lds, const Prior& prior, int64_t h, int64_t i0, int64_t rows,
-                      int64_t j0, int64_t cols, float* profile) {
+                      int64_t j0, int64_t cols) {
   double total = 0.0;
-  for_each_prior_run(prior, h, i0, rows, j0, cols, profile, true,
+  for_each_prior_run(prior, h, i0, rows, j0, cols, true,
                      [&](int64_t a, int64_t b0, int64_t b1, int64_t dr, float w, const float* run_profile) {
                        const GridPos pa = grid_pos(i0 + a, prior.grid_w, prior.num_prefix);
                        const int64_t c0 = grid_pos(j0 + b0, prior.grid_w, prior.num_prefix).col;
@@ -313,10 +322,10 @@ void for_each_strip(int64_t i0, int64_t rows, int64_t from, int64_t N, Fn&& fn) 
 // Per-thread scratch for one tile of at most kTile × kStrip (or kStrip × kTile), stored compactly
 // (leading dimension = the tile's column count).
 struct Scratch {
-  std::vector<float> s, st, p, pt, dp, dpt, ds, profile;
+  std::vector<float> s, st, p, pt, dp, dpt, ds;
   Scratch()
       : s(kTile * kStrip), st(kTile * kStrip), p(kTile * kStrip), pt(kTile * kStrip), dp(kTile * kStrip),
-        dpt(kTile * kStrip), ds(kTile * kStrip), profile(kStrip) {}
+        dpt(kTile * kStrip), ds(kTile * kStrip) {}
 };
 
 void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // src rows × cols → dst cols × rows
@@ -331,10 +340,9 @@ struct Problem {
 };
 
 // S[ri × rj] = scale·K_i K_jᵀ + G_ij, compact.
-void logits(const Problem& pb, int64_t h, const float* k, int64_t i0, int64_t ri, int64_t j0, int64_t rj, float* s,
-            float* profile) {
+void logits(const Problem& pb, int64_t h, const float* k, int64_t i0, int64_t ri, int64_t j0, int64_t rj, float* s) {
   mm(false, true, ri, rj, pb.D, pb.scale, k + i0 * pb.D, pb.D, k + j0 * pb.D, pb.D, 0.f, s, rj);
-  if (pb.prior) add_prior(s, rj, *pb.prior, h, i0, ri, j0, rj, profile);
+  if (pb.prior) add_prior(s, rj, *pb.prior, h, i0, ri, j0, rj);
 }
 
 // ------------------------------------------------------------------------------------ the smoother
@@ -380,7 +388,7 @@ bool smoother_applies(float spread) { return spread <= kSmootherMaxSpread; }  //
 // forward) or r = exp(c + c_max − lse) (N, backward).
 struct Smoother {
   std::vector<float> c, w, vt, r;
-  float c_max = 0.f;
+  float c_max = 0.f, spread = 0.f;
   bool on = false;
 
   // Sets `on` and, when it is, c, W and c_max.
@@ -388,14 +396,15 @@ struct Smoother {
     c.resize(pb.N);
     w.resize(pb.N);
     const int64_t first_on_grid = pb.prior ? pb.prior->num_prefix : pb.N;
-    on = pb.scale > 0.f && smoother_applies(smoother_shifts(k, pb.N, pb.D, pb.scale, first_on_grid, c.data()));
+    spread = smoother_shifts(k, pb.N, pb.D, pb.scale, first_on_grid, c.data());
+    on = pb.scale > 0.f && smoother_applies(spread);
     if (!on) return;
     c_max = *std::max_element(c.begin(), c.end());
     for (int64_t j = 0; j < pb.N; ++j) w[j] = std::exp(c[j] - c_max);
   }
-  void prepare_forward(const Problem& pb, const float* k, const float* v) {
+  void prepare_forward(const Problem& pb, const float* k, const float* v, bool weighted_v = true) {
     prepare(pb, k);
-    if (!on) return;
+    if (!on || !weighted_v) return;
     vt.resize(pb.N * pb.D);
     for (int64_t j = 0; j < pb.N; ++j)
       for (int64_t x = 0; x < pb.D; ++x) vt[j * pb.D + x] = w[j] * v[j * pb.D + x];
@@ -469,7 +478,7 @@ void smoother_forward_tile(const Problem& pb, int64_t h, const float* k, const S
                            float* acc_j, Scratch& w) {
   const int64_t D = pb.D;
   float* e = w.s.data();
-  logits(pb, h, k, i0, ri, j0, rj, e, w.profile.data());
+  logits(pb, h, k, i0, ri, j0, rj, e);
   if (i0 == j0)
     for (int64_t a = 0; a < ri; ++a) e[a * rj + a] = -std::numeric_limits<float>::infinity();  // exp → 0
   for (int64_t a = 0; a < ri; ++a) {
@@ -479,6 +488,224 @@ void smoother_forward_tile(const Problem& pb, int64_t h, const float* k, const S
   }
   mm(false, false, ri, D, rj, 1.f, e, rj, sm.vt.data() + j0 * D, D, 1.f, acc_i, D);
   if (both_sides) mm(true, false, rj, D, ri, 1.f, e, rj, sm.vt.data() + i0 * D, D, 1.f, acc_j, D);
+}
+
+// ------------------------------------------------------------------ half precision through brgemm
+// fp16/bf16 inputs run the smoother forward's tile products in their own dtype through ATen's
+// cpublas::brgemm (oneDNN ukernels: AMX tiles or AVX-512-BF16/FP16 where the CPU has them), with fp32
+// accumulation; c, W, the row sums and every reduction stay fp32.  The weights are rounded to the input
+// dtype only where they enter a product, as the GPU kernels do.  B operands are packed once per
+// (batch, head) into the VNNI layout the ukernels read (cpublas::pack), in blocks of kTile tokens.
+//
+// Scaling.  The weights entering E·V are row-scaled so that each row's diagonal weight is 1:
+// A_ab = E_ab·W_b / W_a = exp(S_ab − 2c_a) ≤ e^Δ.  bf16 has fp32's range, so it takes this path for
+// Δ ≤ 48 like fp32; fp16 (largest 65504) for Δ ≤ 8, as the Triton forward's fp16 weights
+// (kkattn/_smoother.py MAX_SPREAD_FP16); other heads take the upcast path.  The accumulators are then
+// acc'_i = acc_i / W_i and l'_i = l_i / W_i, so O_i = (acc'_i + V_i)/(l'_i + 1), lse_i = 2c_i + log1p(l'_i).
+constexpr float kHalfFp16MaxSpread = 8.f;
+
+// "native": the half-precision products where the CPU's brgemm packs the dtype; "upcast": always fp32.
+bool half_native_wanted() {
+  const char* mode = std::getenv("KKATTN_CPU_HALF");
+  return mode == nullptr || std::string(mode) != "upcast";
+}
+
+bool half_native_supported(at::ScalarType dt) {
+  if (dt != at::kBFloat16 && dt != at::kHalf) return false;
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
+  return dt == at::kBFloat16 ? bf16 : fp16;
+}
+
+// Which path fp16/bf16 inputs of head dim D take: "native" (their products through brgemm) or "upcast"
+// (fp32, as fp32 inputs); fp32 inputs: "fp32".
+std::string half_path(at::ScalarType dt, int64_t D) {
+  if (dt == at::kFloat) return "fp32";
+  if (!half_native_wanted()) return "upcast";
+  if (!half_native_supported(dt) || D % 16 != 0) return "upcast";
+  return "native";
+}
+
+template <typename T>
+struct HalfOperands {
+  // Per (batch, head), padded to Np = N rounded up to kTile tokens (zeros past N):
+  //   kt: Kᵀ blocks, block m = VNNI pack of the D × kTile matrix K[m·kTile + n][x]ᵀ (the B of S = K Kᵀ);
+  //   v:  V by column blocks of ≤ 64: block cb = VNNI pack of the Np × wc matrix V[:, cb·64 ..] (the B of A·V).
+  std::vector<T> kt, v, tmp;
+  int64_t Np = 0, D = 0;
+
+  void prepare(const T* k, const T* vin, int64_t N, int64_t D_) {
+    D = D_;
+    Np = (N + kTile - 1) / kTile * kTile;
+    const auto dt = c10::CppTypeToScalarType<T>::value;
+    kt.assign(Np * D, T(0.f));
+    tmp.assign(std::max(D * kTile, kTile * int64_t{64}), T(0.f));
+    for (int64_t m = 0; m < Np / kTile; ++m) {
+      for (int64_t x = 0; x < D; ++x)
+        for (int64_t n = 0; n < kTile; ++n) {
+          const int64_t j = m * kTile + n;
+          tmp[x * kTile + n] = j < N ? k[j * D + x] : T(0.f);
+        }
+      at::native::cpublas::pack(D, kTile, kTile, kTile, dt, dt, tmp.data(), kt.data() + m * D * kTile);
+    }
+    v.assign(Np * D, T(0.f));
+    for (int64_t cb = 0; cb * 64 < D; ++cb) {
+      const int64_t wc = std::min<int64_t>(64, D - cb * 64);
+      T* out = v.data() + cb * 64 * Np;  // this column block: Np × wc, packed
+      for (int64_t m = 0; m < Np / kTile; ++m) {
+        for (int64_t n = 0; n < kTile; ++n) {
+          const int64_t j = m * kTile + n;
+          for (int64_t x = 0; x < wc; ++x) tmp[n * wc + x] = j < N ? vin[j * D + cb * 64 + x] : T(0.f);
+        }
+        at::native::cpublas::pack(kTile, wc, wc, wc, dt, dt, tmp.data(), out + m * kTile * wc);
+      }
+    }
+  }
+  const T* kt_block(int64_t m) const { return kt.data() + m * D * kTile; }
+  // Column block cb of V from token j0 on (j0 a multiple of kTile).
+  const T* v_block(int64_t cb, int64_t j0) const {
+    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
+    return v.data() + cb * 64 * Np + j0 * wc;
+  }
+};
+
+// Per-thread scratch of the half path: the weights in the input dtype, row-major A (ri × rj_pad) and
+// its transposed, column-scaled twin At (rj × ri_pad).
+template <typename T>
+struct HalfScratch {
+  std::vector<T> a, at;
+  HalfScratch() : a(kTile * kStrip), at(kStrip * kTile) {}
+};
+
+// S = scale·K_i K_Jᵀ (+ G) into s (ri × ldc, ldc = rj rounded up to kTile) through brgemm.
+template <typename T>
+void half_logits(const Problem& pb, int64_t h, const T* k, const HalfOperands<T>& ops, int64_t i0, int64_t ri,
+                 int64_t j0, int64_t rj, float* s, int64_t ldc) {
+  for (int64_t m = 0; m * kTile < rj; ++m)
+    at::native::cpublas::brgemm(ri, kTile, pb.D, pb.D, kTile, ldc, false, k + i0 * pb.D, ops.kt_block(j0 / kTile + m),
+                                s + m * kTile, true);
+  for (int64_t a = 0; a < ri; ++a) scale_row(s + a * ldc, pb.scale, rj);
+  if (pb.prior) add_prior(s, ldc, *pb.prior, h, i0, ri, j0, rj);
+}
+
+// dst[b] = bf16(e[b]·w[b]·f), rounded to nearest even (finite inputs), zero on [n, n_pad): 16 lanes of
+// integer rounding, so every target_clones copy vectorizes it (no AVX-512-BF16 instruction needed).
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+KKATTN_CLONES void scaled_bf16_row(at::BFloat16* __restrict dst, const float* __restrict e, const float* __restrict w,
+                                   float f, int64_t n, int64_t n_pad) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const v16f x = load<v16f>(e + j) * (load<v16f>(w + j) * f);
+    v16i bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const v16i rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+    const v16u16 half = __builtin_convertvector(rounded, v16u16);
+    std::memcpy(dst + j, &half, sizeof half);
+  }
+  for (; j < n; ++j) dst[j] = at::BFloat16(e[j] * (w[j] * f));
+  for (; j < n_pad; ++j) dst[j] = at::BFloat16(0.f);
+}
+
+void scaled_half_row(at::BFloat16* dst, const float* e, const float* w, float f, int64_t n, int64_t n_pad) {
+  scaled_bf16_row(dst, e, w, f, n, n_pad);
+}
+
+void scaled_half_row(at::Half* __restrict dst, const float* __restrict e, const float* __restrict w, float f,
+                     int64_t n, int64_t n_pad) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = at::Half(e[j] * (w[j] * f));
+  for (int64_t j = n; j < n_pad; ++j) dst[j] = at::Half(0.f);
+}
+
+// dst (cols × ldd) = srcᵀ of src (rows × lds), rows and cols multiples of 8, in 8×8 blocks of register
+// shuffles (unpack, shuffle, lane permute on AVX2/AVX-512).
+__attribute__((always_inline)) inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  v8f r[8], t[8], u[8];
+  for (int q = 0; q < 8; ++q) r[q] = load<v8f>(src + q * lds);
+  for (int q = 0; q < 8; q += 2) {
+    t[q] = __builtin_shuffle(r[q], r[q + 1], v8i{0, 8, 1, 9, 4, 12, 5, 13});
+    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], v8i{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int q = 0; q < 8; q += 4)
+    for (int o = 0; o < 2; ++o) {
+      u[q + 2 * o] = __builtin_shuffle(t[q + o], t[q + o + 2], v8i{0, 1, 8, 9, 4, 5, 12, 13});
+      u[q + 2 * o + 1] = __builtin_shuffle(t[q + o], t[q + o + 2], v8i{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  // u[0..3]: columns {0,1}, {2,3}... of rows 0–3 in low/high halves; u[4..7] the same for rows 4–7.
+  for (int q = 0; q < 4; ++q) {  // u[q] and u[q + 4] hold columns q and q + 4
+    store<v8f>(dst + q * ldd, __builtin_shuffle(u[q], u[q + 4], v8i{0, 1, 2, 3, 8, 9, 10, 11}));
+    store<v8f>(dst + (q + 4) * ldd, __builtin_shuffle(u[q], u[q + 4], v8i{4, 5, 6, 7, 12, 13, 14, 15}));
+  }
+}
+
+KKATTN_CLONES void transpose_tile(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+  for (int64_t a = 0; a < rows; a += 8)
+    for (int64_t b = 0; b < cols; b += 8) transpose8x8(src + a * lds + b, lds, dst + b * ldd + a, ldd);
+}
+
+// Half-precision smoother forward tile: as smoother_forward_tile, with acc' and l' (row-scaled, see above).
+template <typename T>
+void half_forward_tile(const Problem& pb, int64_t h, const T* k, const HalfOperands<T>& ops, const Smoother& sm,
+                       const std::vector<float>& iw, int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides,
+                       float* l_i, float* acc_i, float* l_j, float* acc_j, Scratch& w, HalfScratch<T>& hw) {
+  const int64_t D = pb.D, ldc = (rj + kTile - 1) / kTile * kTile, ldt = (ri + kTile - 1) / kTile * kTile;
+  float* e = w.s.data();
+  half_logits(pb, h, k, ops, i0, ri, j0, rj, e, ldc);
+  if (i0 == j0)
+    for (int64_t a = 0; a < ri; ++a) e[a * ldc + a] = -std::numeric_limits<float>::infinity();  // exp → 0
+  float* colsum = w.p.data();  // rows j's Σ_a E_ab W_a (unscaled), then scaled into l_j
+  if (both_sides) std::fill(colsum, colsum + rj, 0.f);
+  for (int64_t a = 0; a < ri; ++a) {
+    float* row = e + a * ldc;
+    const float sum = both_sides ? exp_pair_both(row, sm.c[i0 + a], sm.c.data() + j0, sm.w.data() + j0,
+                                                 sm.w[i0 + a], colsum, rj)
+                                 : exp_pair_row(row, sm.c[i0 + a], sm.c.data() + j0, sm.w.data() + j0, rj);
+    l_i[a] += sum * iw[i0 + a];
+    scaled_half_row(hw.a.data() + a * ldc, row, sm.w.data() + j0, iw[i0 + a], rj, ldc);
+  }
+  for (int64_t cb = 0; cb * 64 < D; ++cb) {
+    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
+    at::native::cpublas::brgemm(ri, wc, ldc, ldc, wc, D, true, hw.a.data(), ops.v_block(cb, j0), acc_i + cb * 64, true);
+  }
+  if (!both_sides) return;
+  // Eᵀ for rows j: an 8×8-blocked transpose of E (rows past ri and columns past rj are ignored below).
+  float* et = w.st.data();
+  transpose_tile(e, (ri + 7) / 8 * 8, (rj + 7) / 8 * 8, ldc, et, ldt);
+  for (int64_t b = 0; b < rj; ++b) {
+    l_j[b] += colsum[b] * iw[j0 + b];
+    scaled_half_row(hw.at.data() + b * ldt, et + b * ldt, sm.w.data() + i0, iw[j0 + b], ri, ldt);
+  }
+  for (int64_t cb = 0; cb * 64 < D; ++cb) {
+    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
+    at::native::cpublas::brgemm(rj, wc, ldt, ldt, wc, D, true, hw.at.data(), ops.v_block(cb, i0), acc_j + cb * 64, true);
+  }
+}
+
+// One work item of the half-precision smoother forward: rows [first_row, last_row) (every row with
+// `pairs`, each unordered tile pair once), accumulating l' and acc' (row-scaled, see above).
+template <typename T>
+void half_forward_item(const Problem& pb, int64_t h, const T* k, const T* v, const Smoother& sm, bool pairs,
+                       int64_t first_row, int64_t last_row, float* l, float* acc, Scratch& w, HalfScratch<T>& hw,
+                       HalfOperands<T>& ops, std::vector<float>& iw, bool prepare) {
+  const int64_t N = pb.N, D = pb.D;
+  if (prepare) {
+    ops.prepare(k, v, N, D);
+    iw.resize(N);
+    for (int64_t j = 0; j < N; ++j) iw[j] = std::exp(sm.c_max - sm.c[j]);
+  }
+  if (pairs) {
+    for (int64_t i0 = 0; i0 < N; i0 += kTile) {
+      const int64_t ri = std::min(kTile, N - i0);
+      for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) {
+        half_forward_tile(pb, h, k, ops, sm, iw, i0, ri, j0, rj, j0 != i0, l + i0, acc + i0 * D, l + j0, acc + j0 * D,
+                          w, hw);
+      });
+    }
+  } else {
+    for_each_strip(first_row, last_row - first_row, 0, N, [&](int64_t j0, int64_t rj) {
+      half_forward_tile(pb, h, k, ops, sm, iw, first_row, last_row - first_row, j0, rj, false, l, acc, nullptr, nullptr,
+                        w, hw);
+    });
+  }
 }
 
 // --------------------------------------------------------------------------- online-softmax path
@@ -522,7 +749,7 @@ struct RowState {
 void forward_tile(const Problem& pb, int64_t h, const float* k, const float* v, int64_t i0, int64_t ri, int64_t j0,
                   int64_t rj, bool both_sides, const RowState& si, const RowState& sj, Scratch& w) {
   const int64_t D = pb.D;
-  logits(pb, h, k, i0, ri, j0, rj, w.s.data(), w.profile.data());
+  logits(pb, h, k, i0, ri, j0, rj, w.s.data());
   if (both_sides) transpose(w.st.data(), w.s.data(), ri, rj);
   softmax_step(w.s.data(), ri, rj, i0 == j0, si.m, si.l, si.d, si.acc, v + j0 * D, D);
   if (both_sides) softmax_step(w.st.data(), rj, ri, false, sj.m, sj.l, sj.d, sj.acc, v + i0 * D, D);
@@ -547,7 +774,7 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
   const float *lse = st.lse, *delta = st.delta;
   const int64_t D = pb.D, ld = rj;
   float *s = w.s.data(), *p = w.p.data(), *pt = w.pt.data(), *dp = w.dp.data(), *dpt = w.dpt.data(), *ds = w.ds.data();
-  logits(pb, h, k, i0, ri, j0, rj, s, w.profile.data());  // once for both P_iJ and P_Jiᵀ
+  logits(pb, h, k, i0, ri, j0, rj, s);  // once for both P_iJ and P_Jiᵀ
   for (int64_t a = 0; a < ri; ++a) {
     const int64_t o = a * ld;
     if (sm.on) {
@@ -580,7 +807,7 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
   if (both_sides) mm(false, false, ri, D, rj, pb.scale, s, ld, k + j0 * D, D, 1.f, dk + i0 * D, D);  // dK_i
   if (!need_dsigma) return 0.0;
   // Ordered pairs (i, J) and, with both_sides, (J, i): Σ (dS_iJ + dS_Jiᵀ)·G·d² since G, d² are symmetric.
-  return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj, w.profile.data());
+  return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj);
 }
 
 }  // namespace
@@ -594,6 +821,10 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   const auto k = k_in.to(at::kFloat).contiguous();
   const auto v = v_in.to(at::kFloat).contiguous();
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
+  const auto dtype = k_in.scalar_type();
+  // The half-precision products (see "half precision through brgemm"): VNNI packs pairs of rows.
+  const bool half = half_path(dtype, D) == "native";
+  const auto kh = half ? k_in.contiguous() : at::Tensor(), vh = half ? v_in.contiguous() : at::Tensor();
   check_output(out, k.sizes(), "out");
   check_output(lse, {B, H, N}, "lse");
   TORCH_CHECK(out_off.has_value() == p_off.has_value(), "kkattn cpu kernel: out_off and p_off go together");
@@ -614,6 +845,11 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
     Smoother sm;
+    HalfScratch<at::BFloat16> hw_bf16;
+    HalfScratch<at::Half> hw_fp16;
+    HalfOperands<at::BFloat16> ops_bf16;
+    HalfOperands<at::Half> ops_fp16;
+    std::vector<float> iw;
     int64_t prepared = -1;  // the (batch, head) sm holds: a thread's row-block items come in head order
     const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
     std::vector<float> m(span), l(span), d(span), acc(span * D);
@@ -634,8 +870,30 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
           pop[bh * N + row] = off * inv;
         }
       };
-      if (bh != prepared) sm.prepare_forward(pb, kbh, vbh);
+      const bool fresh = bh != prepared;
+      if (fresh) sm.prepare_forward(pb, kbh, vbh, !half);
       prepared = bh;
+      // fp16 weights hold e^Δ: within fp16's range for Δ ≤ 8; wider heads take the upcast smoother.
+      const bool half_on = half && sm.on && (dtype == at::kBFloat16 || sm.spread <= kHalfFp16MaxSpread);
+      if (fresh && half && sm.on && !half_on) sm.prepare_forward(pb, kbh, vbh, true);
+      if (half_on) {
+        std::fill(l.begin(), l.end(), 0.f);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        if (dtype == at::kBFloat16) {
+          const auto* kb = kh.data_ptr<at::BFloat16>() + bh * N * D;
+          half_forward_item(pb, h, kb, vh.data_ptr<at::BFloat16>() + bh * N * D, sm, pairs, first_row, last_row,
+                            l.data(), acc.data(), w, hw_bf16, ops_bf16, iw, fresh);
+        } else {
+          const auto* kb = kh.data_ptr<at::Half>() + bh * N * D;
+          half_forward_item(pb, h, kb, vh.data_ptr<at::Half>() + bh * N * D, sm, pairs, first_row, last_row, l.data(),
+                            acc.data(), w, hw_fp16, ops_fp16, iw, fresh);
+        }
+        for (int64_t row = first_row; row < last_row; ++row) {
+          const int64_t a = row - first_row;  // row-scaled: diagonal weight 1, off-diagonal l'
+          write_row(row, acc.data() + a * D, 1.f, l[a], 2.f * sm.c[row] + std::log1p(l[a]));
+        }
+        continue;
+      }
       if (sm.on) {
         std::fill(l.begin(), l.end(), 0.f);
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -682,6 +940,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
         write_row(row, acc.data() + a * D, d[a], l[a], m[a] + std::log(l[a] + d[a]));
       }
     }
+    if (half) at::native::cpublas::brgemm_release();  // this thread's AMX tile state
   });
 }
 
@@ -781,6 +1040,12 @@ at::Tensor smoother_spread(const at::Tensor& k_in, bool prior, int64_t num_prefi
 
 double smoother_max_spread() { return kSmootherMaxSpread; }
 
+// The path fp16/bf16 inputs of head dim D take here: "native", "upcast" or, for float32, "fp32".
+std::string half_precision_path(const std::string& dtype, int64_t head_dim) {
+  const auto dt = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
+  return half_path(dt, head_dim);
+}
+
 }  // namespace cpu
 }  // namespace kkattn
 
@@ -797,6 +1062,7 @@ std::string build_info() {
 TORCH_LIBRARY(kkattn_C, m) {
   m.def("build_info() -> str", &build_info);
   m.def("smoother_max_spread() -> float", &kkattn::cpu::smoother_max_spread);
+  m.def("half_precision_path(str dtype, int head_dim) -> str", &kkattn::cpu::half_precision_path);
   m.def("smoother_spread(Tensor k, bool prior, int num_prefix_tokens, float scale) -> Tensor");
   m.def(
       "forward(Tensor k, Tensor v, Tensor? sigma, int grid_w, int num_prefix_tokens, float scale, "

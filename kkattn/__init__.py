@@ -14,8 +14,10 @@ Public API:
   name ``backend=`` takes; :class:`KernelNotBuiltWarning` — ``auto`` fell back for want of a kernel.
 * :class:`kkattn.nn.NeighborhoodKKAttention` — the attention module for ViT blocks.
 
-The names load on first use (PEP 562), so ``import kkattn`` and the ``kkattn-demo`` command start
-without importing torch (``--help`` returns at once); the custom ops register with the first of them.
+A program that has imported torch gets everything at ``import kkattn``, as from any torch extension:
+the custom ops ``torch.ops.kkattn.*`` and their FLOP formulas are registered then (``FlopCounterMode``
+reads its formulas when it is created). Without torch imported yet (the console scripts, which parse
+their arguments first), the names load on first use (PEP 562), so ``--help`` returns at once.
 """
 from ._lazy import lazy_attributes
 
@@ -32,6 +34,9 @@ __getattr__, __dir__ = lazy_attributes(__name__, {
     "reference": (".reference", None),
     "testing": (".testing", None),
 })
+if "torch" in __import__("sys").modules:
+    from . import functional as _functional  # noqa: F401  (registers torch.ops.kkattn and the FLOP formulas)
+
 __all__ = [
     "BACKEND_NAMES",
     "BackendStatus",

@@ -66,6 +66,23 @@ def max_pixels_flag(parser) -> None:
                              f"reads go window by window and have no limit")
 
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def precision_flag(parser) -> None:
+    """``--precision``: the dtype the model runs in (autocast), on CPU and CUDA alike."""
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="run the model under autocast in bf16 or fp16, or in fp32; probabilities are summed in "
+                             "fp32 either way (default auto: bf16 on CUDA, fp32 on CPU)")
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``auto`` → ``bf16`` on CUDA, ``fp32`` elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def json_object(text: str) -> dict:
     """An argparse type for a JSON object (``--dataset-options``)."""
     try:

@@ -18,23 +18,23 @@ from kkattn._io import atomic_write_json
 
 from .checkpoints import CheckpointError, atomic_write_text
 from .data.common import DataError, pixel_limit
-from .cli import (Parser, check_output_folder, check_variant, fraction, json_object, max_pixels_flag, resolve_device,
-                  run_cli, tile_size)
+from .cli import (Parser, check_output_folder, check_variant, fraction, json_object, max_pixels_flag, precision_flag,
+                  resolve_device, resolve_precision, run_cli, tile_size)
 from .data import DATASETS, build_dataset, dataset_classes
 
 # torch and the model load inside the functions (after the arguments are parsed: --help is instant).
 
 
-def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25, device=None, amp: bool = False,
+def evaluate_dataset(model, dataset, *, tile: int = 1024, overlap: float = 0.25, device=None, precision: str = "fp32",
                      exclude=(), rank: int = 0, world: int = 1, progress: bool = True) -> dict:
     """Metrics of ``model`` on every sample of ``dataset`` (each rank takes every ``world``-th sample)."""
     import torch
 
     with torch.no_grad():
-        return _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank, world, progress)
+        return _evaluate_dataset(model, dataset, tile, overlap, device, precision, exclude, rank, world, progress)
 
 
-def _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank, world, progress) -> dict:
+def _evaluate_dataset(model, dataset, tile, overlap, device, precision, exclude, rank, world, progress) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -52,7 +52,7 @@ def _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank,
         item = dataset[index]
         if "mask" not in item:
             raise ValueError(f"sample {item['name']} has no mask: evaluation needs labelled data")
-        pred = predict_image(model, item["image"], tile=tile, overlap=overlap, device=device, amp=amp)
+        pred = predict_image(model, item["image"], tile=tile, overlap=overlap, device=device, precision=precision)
         confusion.update(torch.from_numpy(pred).to(device), item["mask"].to(device))
     confusion.all_reduce()
     model.train(was_training)
@@ -60,7 +60,7 @@ def _evaluate_dataset(model, dataset, tile, overlap, device, amp, exclude, rank,
 
 
 def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=None, tile: int = 1024,
-                   overlap: float = 0.25, batch_size: int = 4, device=None, amp: bool = False, exclude=(),
+                   overlap: float = 0.25, batch_size: int = 4, device=None, precision: str = "fp32", exclude=(),
                    progress: bool = True) -> dict:
     """Metrics of ``model`` on a georeferenced scene against a label raster on the same ground.
 
@@ -71,10 +71,10 @@ def evaluate_scene(model, scene_path, labels_path, *, bands=None, value_range=No
 
     with torch.no_grad():
         return _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, overlap, batch_size, device,
-                               amp, exclude, progress)
+                               precision, exclude, progress)
 
 
-def _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, overlap, batch_size, device, amp,
+def _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, overlap, batch_size, device, precision,
                     exclude, progress) -> dict:
     import torch
     from tqdm.auto import tqdm
@@ -107,7 +107,7 @@ def _evaluate_scene(model, scene_path, labels_path, bands, value_range, tile, ov
                         raise DataError(f"{labels_path}: {exc}") from None
 
                 predict_scene(model, scene.read, write, scene.height, scene.width, tile=tile, overlap=overlap,
-                              batch_size=batch_size, device=device, amp=amp, progress=bar.update)
+                              batch_size=batch_size, device=device, precision=precision, progress=bar.update)
         finally:
             labels.close()
     model.train(was_training)
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--exclude", nargs="*", default=[], help="classes left out of the means (e.g. background)")
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    precision_flag(parser)
     parser.add_argument("--out", help="folder for metrics.md and metrics.json")
     max_pixels_flag(parser)
     args = parser.parse_args(argv)
@@ -170,7 +171,7 @@ def _main(args) -> int:
     if unknown:
         raise ValueError(f"--exclude: unknown classes {unknown}; the classes are {list(classes)}")
     options = dict(tile=args.tile or model.config.img_size, overlap=args.overlap, device=device,
-                   amp=device.type == "cuda", exclude=args.exclude)
+                   precision=resolve_precision(args.precision, device), exclude=args.exclude)
     if args.scene:
         metrics = evaluate_scene(model, args.scene, args.labels, bands=args.bands, value_range=args.value_range,
                                  **options)

@@ -30,6 +30,16 @@ class NonFiniteOutput(ValueError):
     """The model gave NaN or infinite logits: a broken checkpoint or input, never turned into a mask."""
 
 
+# precision= of the inference functions: the autocast dtype (None: fp32, no autocast), on CPU and CUDA alike.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
 # Widest column strip, in tiles: wider scenes are cut into strips (memory stays O(strip)).
 MAX_STRIP_TILES = 16
 
@@ -87,7 +97,7 @@ class WindowGrid:
 
 @torch.no_grad()
 def predict_scene(model, read: Reader, write: Writer, height: int, width: int, *, tile: int = 1024,
-                  overlap: float = 0.25, batch_size: int = 4, device=None, amp: bool = False,
+                  overlap: float = 0.25, batch_size: int = 4, device=None, precision: str = "fp32",
                   probabilities: bool = False, strip_width: Optional[int] = None, progress=None) -> WindowGrid:
     """Predict a ``height × width`` scene window by window (see the module docstring).
 
@@ -99,23 +109,26 @@ def predict_scene(model, read: Reader, write: Writer, height: int, width: int, *
             valid pixel are not run.
         tile: window size (rounded up to a multiple of 32, the patch size); smaller scenes are padded.
         overlap: fraction of the window shared by neighbours, in ``[0, 1)``.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"``: the model runs under ``torch.autocast`` in that dtype
+            (CPU or CUDA); probabilities are summed in fp32 either way.
         strip_width: widest column strip (default :data:`MAX_STRIP_TILES` windows).
         progress: a callable told ``progress(n)`` after every ``n`` windows (e.g. a tqdm bar's ``update``).
     Returns:
         the :class:`WindowGrid` used.
     """
     grid = WindowGrid.plan(height, width, tile, overlap)
+    autocast_dtype(precision)  # checked before any window runs
     device = torch.device(device) if device is not None else next(model.parameters()).device
     strip_width = strip_width or grid.default_strip_width()
     if strip_width < grid.tile_w:
         raise ValueError(f"strip_width {strip_width} is narrower than a window ({grid.tile_w})")
     for c0, c1 in grid.strips(strip_width):
-        _predict_strip(model, grid, read, write, c0, c1, batch_size, device, amp, probabilities, progress)
+        _predict_strip(model, grid, read, write, c0, c1, batch_size, device, precision, probabilities, progress)
     return grid
 
 
 def _predict_strip(model, grid: WindowGrid, read: Reader, write: Writer, c0: int, c1: int, batch_size: int,
-                   device, amp: bool, probabilities: bool, progress) -> None:
+                   device, precision: str, probabilities: bool, progress) -> None:
     th, tw = grid.tile_h, grid.tile_w
     xs = [x for x in grid.xs if x < c1 and x + tw > c0]          # windows touching the strip
     left, span = xs[0], max(xs[-1] + tw, c1) - xs[0]              # the columns those windows cover
@@ -142,7 +155,8 @@ def _predict_strip(model, grid: WindowGrid, read: Reader, write: Writer, c0: int
             corners.append(x)
         for start in range(0, len(crops), batch_size):
             batch = normalize(torch.stack(crops[start:start + batch_size]).to(device), mean, std)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            dtype = autocast_dtype(precision)
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = model(batch).float()
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteOutput(
@@ -186,7 +200,7 @@ def _grow(t: Tensor, size: int, dim: int) -> Tensor:
 
 @torch.no_grad()
 def predict_image(model, image, *, tile: int = 1024, overlap: float = 0.25, batch_size: int = 4,
-                  device=None, amp: bool = False, strip_width: Optional[int] = None) -> np.ndarray:
+                  device=None, precision: str = "fp32", strip_width: Optional[int] = None) -> np.ndarray:
     """Labels ``(H, W)`` uint8 for one in-memory image: ``(H, W, 3)`` uint8 array or ``(3, H, W)`` uint8 tensor."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3:
@@ -202,5 +216,5 @@ def predict_image(model, image, *, tile: int = 1024, overlap: float = 0.25, batc
         labels[y0:y1, x0:x1] = rows
 
     predict_scene(model, read, write, height, width, tile=tile, overlap=overlap, batch_size=batch_size,
-                  device=device, amp=amp, strip_width=strip_width)
+                  device=device, precision=precision, strip_width=strip_width)
     return labels

@@ -26,8 +26,8 @@ import argparse
 import os
 from pathlib import Path
 
-from .cli import (Parser, check_output_folder, check_variant, fraction, max_pixels_flag, positive_int, resolve_device,
-                  run_cli, tile_size)
+from .cli import (Parser, check_output_folder, check_variant, fraction, max_pixels_flag, positive_int, precision_flag,
+                  resolve_device, resolve_precision, run_cli, tile_size)
 from .data.common import (IMAGE_SUFFIXES, DataError, ImageTooLarge, check_pixels, colour_bands, list_images,
                           pixel_limit, probe_image)
 from .geo import GDAL_SUFFIXES, georeferenced_bands, has_rasterio
@@ -182,6 +182,7 @@ def main(argv=None) -> int:
                         help="replace outputs already in --out (never an input: an output that would be one is refused)")
     parser.add_argument("--variant", help="refuse a checkpoint of another variant (e.g. full)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    precision_flag(parser)
     max_pixels_flag(parser)
     args = parser.parse_args(argv)
     if args.bands is not None and min(args.bands) < 0:
@@ -211,7 +212,7 @@ def _main(args) -> int:
     classes = model.config.class_names
     summary = {}
     options = dict(tile=args.tile or model.config.img_size, overlap=args.overlap, batch_size=args.batch_size,
-                   device=device, amp=device.type == "cuda")
+                   device=device, precision=resolve_precision(args.precision, device))
     for path, kind in tqdm(paths.items(), desc="predicting", dynamic_ncols=True, disable=len(paths) == 1):
         if kind == RASTER:
             counts = predict_raster(model, path, out, args.bands, args.value_range, args.probabilities, options)

@@ -16,7 +16,7 @@ import argparse
 from kkattn._io import atomic_write_json
 
 from .checkpoints import atomic_write, atomic_write_text
-from .cli import Parser, check_output_folder, positive_int, run_cli, tile_size
+from .cli import Parser, check_output_folder, positive_int, precision_flag, resolve_precision, run_cli, tile_size
 from .config import parse_variant, variant_name
 from .data import build_dataset
 from .train import TrainConfig, train
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes' split, the model and the training "
                                                                "(default: 0)")
+    precision_flag(parser)
     args = parser.parse_args(argv)
     if args.size < 64:
         parser.error(f"--size must be at least 64, got {args.size}")
@@ -97,7 +98,9 @@ def main(argv=None) -> int:
 
     test = build_dataset("synthetic", split="test", size=args.size)[0]
     image = test["image"].permute(1, 2, 0).numpy()
-    labels = predict_image(model, image, tile=args.size)
+    import torch
+
+    labels = predict_image(model, image, tile=args.size, precision=resolve_precision(args.precision, torch.device("cpu")))
     pictures = {"test_image.png": _rgb(image), "test_truth.png": colourize(test["mask"].numpy().astype(np.uint8), classes),
                 "test_prediction.png": colourize(labels, classes), "test_overlay.png": overlay(image, labels, classes),
                 "legend.png": legend(classes)}

@@ -362,7 +362,8 @@ def _train(run: Run, progress: bool) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         stats = train_one_epoch(run, epoch, progress)
         metrics = evaluate_dataset(run.model, run.val_set, tile=cfg.eval_tile or max(run.model.config.img_size, cfg.crop_size),
-                                   device=run.device, amp=run.amp, rank=run.rank, world=run.world, progress=False)
+                                   device=run.device, precision="bf16" if run.amp else "fp32", rank=run.rank,
+                                   world=run.world, progress=False)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps, "lr": run.scheduler.get_last_lr()[0], **stats,
                **{f"val_{k}": metrics[k] for k in ("mIoU", "mF1", "OA", "Kappa")}}
         improved = metrics["mIoU"] > best

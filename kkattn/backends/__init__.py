@@ -174,6 +174,20 @@ class _CompiledCPU(_Deferred):
             return BackendStatus(self.name, False, error)
         return BackendStatus(self.name, True, f"available (compiled C++, {torch.get_num_threads()} threads)")
 
+    def report(self) -> BackendStatus:
+        status = self.status()
+        if not status.available:
+            return status
+        def half(name, dtype):
+            path = self._impl().half_precision_path(dtype, 64)
+            why = ("its tile products through ATen's brgemm" if path == "native" else
+                   "KKATTN_CPU_HALF=upcast" if os.environ.get("KKATTN_CPU_HALF") == "upcast" else
+                   f"this CPU's brgemm does not pack {name}: computed in fp32")
+            return f"{name} {path} ({why})"
+
+        halves = ", ".join(half(name, dt) for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)))
+        return BackendStatus(self.name, True, f"{status.detail}; half precision: {halves}")
+
 
 class _CompiledCUDA(_Deferred):
     """The tensor-core kernels of ``kkattn._C`` (csrc/kkattn_cuda.cu) for fp16/bf16 CUDA tensors."""
@@ -192,7 +206,7 @@ class _CompiledCUDA(_Deferred):
             return BackendStatus(self.name, False, error)
         if not impl.compiled():
             return BackendStatus(self.name, False, "not compiled (this install's kkattn._C has no CUDA kernels: "
-                                 "rebuild with nvcc and a CUDA-enabled torch)")
+                                 "rebuild with nvcc, a CUDA-enabled torch and KKATTN_BUILD_CUDA=1)")
         if not torch.cuda.is_available():
             return BackendStatus(self.name, False, "compiled, no GPU")
         return BackendStatus(self.name, True, f"available (compiled CUDA, {torch.cuda.get_device_name()})")

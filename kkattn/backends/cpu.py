@@ -60,6 +60,14 @@ def backward(dout: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, del
     return dk32, dv32, dsigma
 
 
+def half_precision_path(dtype: torch.dtype, head_dim: int) -> str:
+    """How the kernel computes ``dtype`` inputs of head dim ``head_dim`` on this CPU: ``"native"`` (the
+    forward's tile products in fp16/bf16 through ATen's brgemm, fp32 accumulation: oneDNN ukernels on AMX
+    or AVX-512-BF16/FP16), ``"upcast"`` (in fp32: the CPU has no half-precision brgemm, the head dim is not
+    a multiple of 16, or ``KKATTN_CPU_HALF=upcast`` is set) or ``"fp32"`` for float32 inputs."""
+    return torch.ops.kkattn_C.half_precision_path(str(dtype).removeprefix("torch."), head_dim)
+
+
 def smoother_path(k: Tensor, has_prior: bool, num_prefix_tokens: int, scale: float) -> str:
     """Which forward/backward path the kernel takes for these keys: ``"smoother"`` (every (batch,
     head) within the smoother's range), ``"online"`` (none: the online-softmax fallback) or

@@ -109,3 +109,21 @@ def test_module_load_qkv_takes_k_and_v_rows():
     torch.testing.assert_close(mod.kv.bias, qkv.bias[dim:])
     with pytest.raises(ValueError, match="qkv_weight must have shape"):
         mod.load_qkv_(qkv.weight[:dim])
+
+
+def test_import_after_torch_registers_the_ops_and_flop_formulas():
+    """``import torch, kkattn`` registers torch.ops.kkattn at once (the package loads lazily only without torch,
+    for the console scripts): a FlopCounterMode created before the first call still counts it."""
+    import subprocess
+    import sys
+
+    code = ("import torch, kkattn\n"
+            "from torch.utils.flop_counter import FlopCounterMode\n"
+            "assert hasattr(torch.ops.kkattn, 'forward')\n"
+            "k = torch.randn(1, 2, 16, 8)\n"
+            "with FlopCounterMode(display=False) as counter:\n"
+            "    kkattn.neighborhood_kk_attention(k, k, 2.0, grid=(4, 4))\n"
+            "print(counter.get_total_flops())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip()) == 4 * 1 * 2 * 16 * 16 * 8
