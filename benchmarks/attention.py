@@ -191,16 +191,17 @@ def make_fn(method: str, grid, sigma: float, dtype, device, form: str = "exp"):
     raise ValueError(method)
 
 
-def oracle_file(grid, args, dtype, folder: Path) -> Path:
-    """float64 output of head 0 on the benchmark's (dtype-rounded) inputs, computed once per grid."""
+def oracle_file(grid, args, dtype, folder: Path, prior: bool = True) -> Path:
+    """float64 output of head 0 on the benchmark's (dtype-rounded) inputs, computed once per grid; without the
+    prior for ``sdpa``, which computes plain attention."""
     import kkattn
 
     h, w = parse_grid(grid)
-    path = folder / f"oracle_{h}x{w}_{str(dtype).split('.')[-1]}.pt"
+    path = folder / f"oracle_{h}x{w}_{str(dtype).split('.')[-1]}{'' if prior else '_noprior'}.pt"
     if not path.exists():
         k, v, _ = inputs(args.batch, args.heads, h * w, args.dim, dtype, "cpu")
         k, v = k[:1, :1].double(), v[:1, :1].double()
-        ref = kkattn.neighborhood_kk_attention(k, v, args.sigma, grid=(h, w), backend="chunked")
+        ref = kkattn.neighborhood_kk_attention(k, v, args.sigma if prior else None, grid=(h, w), backend="chunked")
         torch.save(ref, path)
     return path
 
@@ -212,6 +213,8 @@ def run_cell(method: str, grid, dtype_name: str, args, oracle: Path) -> list[dic
     n = h * w
     torch.manual_seed(0)
     k, v, dout = inputs(args.batch, args.heads, n, args.dim, dtype, device)
+    if method == "sdpa":  # plain attention, checked against its own oracle
+        oracle = oracle_file(grid, args, dtype, oracle.parent, prior=False)
     ref = torch.load(oracle, weights_only=True)
     limit = gemm_limit(device, dtype)
     rows = []
@@ -346,12 +349,13 @@ def markdown(rows: list[dict], methods: list[str], meta: dict) -> str:
         for pass_ in PASSES:
             cols = [m for m in methods if not (m == "flex" and pass_ == "fwd+bwd" and meta["device"] == "cpu")]
             lines += [f"## {pass_}, {dtype}", "", *([limit_line(rows, dtype), ""] if limit_line(rows, dtype) else []),
-                      "| grid (N) | " + " | ".join(cols) + f" | {mine} vs reference | {mine} vs sdpa+G | G build |",
-                      "|---|" + "---|" * (len(cols) + 3)]
+                      "| grid (N) | " + " | ".join(cols) + f" | {mine} vs reference | {mine} vs sdpa+G | "
+                      f"{mine} vs sdpa (no bias) | G build |",
+                      "|---|" + "---|" * (len(cols) + 4)]
             for grid in map(grid_label, meta["grids"]):
                 by = {r["method"]: r for r in rows if r["grid"] == grid and r["pass"] == pass_ and r["dtype"] == dtype}
                 ratios = []
-                for other in ("reference", "sdpa+G"):
+                for other in ("reference", "sdpa+G", "sdpa"):
                     a, b = by.get(mine, {}), by.get(other, {})
                     ratios.append(ratio_text(a["ms"], b["ms"]) if a.get("status") == "ok" and b.get("status") == "ok" else "—")
                 g = next((r.get("g_build_ms") for r in rows if r["method"] == "sdpa+G" and r["grid"] == grid

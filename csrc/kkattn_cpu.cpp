@@ -526,46 +526,75 @@ std::string half_path(at::ScalarType dt, int64_t D) {
   return "native";
 }
 
+// One (batch, head)'s N × D operand x, VNNI-packed as the B of a brgemm, padded to Np = N rounded up to
+// kTile tokens (zeros past N), in one of two forms:
+//  * by_tokens: the B of products over the head dim, X_Jᵀ (D × kTile per block of kTile tokens) — S = K_i K_Jᵀ,
+//    dP = dO_i V_Jᵀ;
+//  * by_rows: the B of products over tokens, X (Np × wc per column block of ≤ 64) — A·V, Pᵀ·dO, dSᵀ·K.
+// pack() is given ≤ 64 columns at a time (wider B failed to pack on the probed CPU).
 template <typename T>
-struct HalfOperands {
-  // Per (batch, head), padded to Np = N rounded up to kTile tokens (zeros past N):
-  //   kt: Kᵀ blocks, block m = VNNI pack of the D × kTile matrix K[m·kTile + n][x]ᵀ (the B of S = K Kᵀ);
-  //   v:  V by column blocks of ≤ 64: block cb = VNNI pack of the Np × wc matrix V[:, cb·64 ..] (the B of A·V).
-  std::vector<T> kt, v, tmp;
+struct PackedB {
+  std::vector<T> data;
   int64_t Np = 0, D = 0;
+  bool by_rows = false;
 
-  void prepare(const T* k, const T* vin, int64_t N, int64_t D_) {
-    D = D_;
-    Np = (N + kTile - 1) / kTile * kTile;
+  void pack(const T* x, int64_t N, int64_t D_, bool rows, std::vector<T>& tmp) {
+    D = D_, by_rows = rows, Np = (N + kTile - 1) / kTile * kTile;
     const auto dt = c10::CppTypeToScalarType<T>::value;
-    kt.assign(Np * D, T(0.f));
-    tmp.assign(std::max(D * kTile, kTile * int64_t{64}), T(0.f));
-    for (int64_t m = 0; m < Np / kTile; ++m) {
-      for (int64_t x = 0; x < D; ++x)
-        for (int64_t n = 0; n < kTile; ++n) {
-          const int64_t j = m * kTile + n;
-          tmp[x * kTile + n] = j < N ? k[j * D + x] : T(0.f);
-        }
-      at::native::cpublas::pack(D, kTile, kTile, kTile, dt, dt, tmp.data(), kt.data() + m * D * kTile);
+    data.assign(Np * D, T(0.f));
+    tmp.resize(std::max<int64_t>(D, 64) * kTile);
+    if (!rows) {
+      for (int64_t m = 0; m < Np / kTile; ++m) {
+        for (int64_t c = 0; c < D; ++c)
+          for (int64_t n = 0; n < kTile; ++n) {
+            const int64_t j = m * kTile + n;
+            tmp[c * kTile + n] = j < N ? x[j * D + c] : T(0.f);
+          }
+        at::native::cpublas::pack(D, kTile, kTile, kTile, dt, dt, tmp.data(), data.data() + m * D * kTile);
+      }
+      return;
     }
-    v.assign(Np * D, T(0.f));
     for (int64_t cb = 0; cb * 64 < D; ++cb) {
       const int64_t wc = std::min<int64_t>(64, D - cb * 64);
-      T* out = v.data() + cb * 64 * Np;  // this column block: Np × wc, packed
       for (int64_t m = 0; m < Np / kTile; ++m) {
         for (int64_t n = 0; n < kTile; ++n) {
           const int64_t j = m * kTile + n;
-          for (int64_t x = 0; x < wc; ++x) tmp[n * wc + x] = j < N ? vin[j * D + cb * 64 + x] : T(0.f);
+          for (int64_t c = 0; c < wc; ++c) tmp[n * wc + c] = j < N ? x[j * D + cb * 64 + c] : T(0.f);
         }
-        at::native::cpublas::pack(kTile, wc, wc, wc, dt, dt, tmp.data(), out + m * kTile * wc);
+        at::native::cpublas::pack(kTile, wc, wc, wc, dt, dt, tmp.data(), data.data() + cb * 64 * Np + m * kTile * wc);
       }
     }
   }
-  const T* kt_block(int64_t m) const { return kt.data() + m * D * kTile; }
-  // Column block cb of V from token j0 on (j0 a multiple of kTile).
-  const T* v_block(int64_t cb, int64_t j0) const {
-    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
-    return v.data() + cb * 64 * Np + j0 * wc;
+  // by_tokens: block m (tokens m·kTile ..).  by_rows: column block cb from token j0 on (j0 a multiple of kTile).
+  const T* block(int64_t m) const { return data.data() + m * D * kTile; }
+  const T* rows_from(int64_t cb, int64_t j0) const {
+    return data.data() + cb * 64 * Np + j0 * std::min<int64_t>(64, D - cb * 64);
+  }
+};
+
+// C (M × D, ld D) += A (M × K, ld K) · X[j0 .. j0 + K] for a by_rows X, column block by column block.
+template <typename T>
+void brgemm_rows(int64_t M, int64_t K, const T* a, const PackedB<T>& x, int64_t j0, float* c) {
+  for (int64_t cb = 0; cb * 64 < x.D; ++cb)
+    at::native::cpublas::brgemm(M, std::min<int64_t>(64, x.D - cb * 64), K, K, std::min<int64_t>(64, x.D - cb * 64),
+                                x.D, true, a, x.rows_from(cb, j0), c + cb * 64, true);
+}
+
+// C (M × ldc) = A (M × D, ld D) · X_Jᵀ for the cols tokens from j0 of a by_tokens X (block by block).
+template <typename T>
+void brgemm_tokens(int64_t M, const T* a, const PackedB<T>& x, int64_t j0, int64_t cols, float* c, int64_t ldc) {
+  for (int64_t m = 0; m * kTile < cols; ++m)
+    at::native::cpublas::brgemm(M, kTile, x.D, x.D, kTile, ldc, false, a, x.block(j0 / kTile + m), c + m * kTile, true);
+}
+
+// The forward's operands of one (batch, head): Kᵀ for S, V for the weights' product.
+template <typename T>
+struct HalfOperands {
+  PackedB<T> kt, v;
+  std::vector<T> tmp;
+  void prepare(const T* k, const T* vin, int64_t N, int64_t D) {
+    kt.pack(k, N, D, false, tmp);
+    v.pack(vin, N, D, true, tmp);
   }
 };
 
@@ -579,30 +608,28 @@ struct HalfScratch {
 
 // S = scale·K_i K_Jᵀ (+ G) into s (ri × ldc, ldc = rj rounded up to kTile) through brgemm.
 template <typename T>
-void half_logits(const Problem& pb, int64_t h, const T* k, const HalfOperands<T>& ops, int64_t i0, int64_t ri,
-                 int64_t j0, int64_t rj, float* s, int64_t ldc) {
-  for (int64_t m = 0; m * kTile < rj; ++m)
-    at::native::cpublas::brgemm(ri, kTile, pb.D, pb.D, kTile, ldc, false, k + i0 * pb.D, ops.kt_block(j0 / kTile + m),
-                                s + m * kTile, true);
+void half_logits(const Problem& pb, int64_t h, const T* k, const PackedB<T>& kt, int64_t i0, int64_t ri, int64_t j0,
+                 int64_t rj, float* s, int64_t ldc) {
+  brgemm_tokens(ri, k + i0 * pb.D, kt, j0, rj, s, ldc);
   for (int64_t a = 0; a < ri; ++a) scale_row(s + a * ldc, pb.scale, rj);
   if (pb.prior) add_prior(s, ldc, *pb.prior, h, i0, ri, j0, rj);
 }
 
-// dst[b] = bf16(e[b]·w[b]·f), rounded to nearest even (finite inputs), zero on [n, n_pad): 16 lanes of
-// integer rounding, so every target_clones copy vectorizes it (no AVX-512-BF16 instruction needed).
+// dst[b] = bf16(e[b]·w[b]·f) (w null: e[b]·f), rounded to nearest even (finite inputs), zero on [n, n_pad):
+// 16 lanes of integer rounding, so every target_clones copy vectorizes it (no AVX-512-BF16 instruction needed).
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
 KKATTN_CLONES void scaled_bf16_row(at::BFloat16* __restrict dst, const float* __restrict e, const float* __restrict w,
                                    float f, int64_t n, int64_t n_pad) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    const v16f x = load<v16f>(e + j) * (load<v16f>(w + j) * f);
+    const v16f x = w ? load<v16f>(e + j) * (load<v16f>(w + j) * f) : load<v16f>(e + j) * f;
     v16i bits;
     std::memcpy(&bits, &x, sizeof bits);
     const v16i rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
     const v16u16 half = __builtin_convertvector(rounded, v16u16);
     std::memcpy(dst + j, &half, sizeof half);
   }
-  for (; j < n; ++j) dst[j] = at::BFloat16(e[j] * (w[j] * f));
+  for (; j < n; ++j) dst[j] = at::BFloat16(w ? e[j] * (w[j] * f) : e[j] * f);
   for (; j < n_pad; ++j) dst[j] = at::BFloat16(0.f);
 }
 
@@ -612,8 +639,14 @@ void scaled_half_row(at::BFloat16* dst, const float* e, const float* w, float f,
 
 void scaled_half_row(at::Half* __restrict dst, const float* __restrict e, const float* __restrict w, float f,
                      int64_t n, int64_t n_pad) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = at::Half(e[j] * (w[j] * f));
+  for (int64_t j = 0; j < n; ++j) dst[j] = at::Half(w ? e[j] * (w[j] * f) : e[j] * f);
   for (int64_t j = n; j < n_pad; ++j) dst[j] = at::Half(0.f);
+}
+
+// The rows × cols fp32 tile src (ld lds) as dst (rows × ldd) in the input dtype, times f: dst = T(f·src).
+template <typename T>
+void to_half(T* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t cols, float f) {
+  for (int64_t a = 0; a < rows; ++a) scaled_half_row(dst + a * ldd, src + a * lds, nullptr, f, cols, ldd);
 }
 
 // dst (cols × ldd) = srcᵀ of src (rows × lds), rows and cols multiples of 8, in 8×8 blocks of register
@@ -649,7 +682,7 @@ void half_forward_tile(const Problem& pb, int64_t h, const T* k, const HalfOpera
                        float* l_i, float* acc_i, float* l_j, float* acc_j, Scratch& w, HalfScratch<T>& hw) {
   const int64_t D = pb.D, ldc = (rj + kTile - 1) / kTile * kTile, ldt = (ri + kTile - 1) / kTile * kTile;
   float* e = w.s.data();
-  half_logits(pb, h, k, ops, i0, ri, j0, rj, e, ldc);
+  half_logits(pb, h, k, ops.kt, i0, ri, j0, rj, e, ldc);
   if (i0 == j0)
     for (int64_t a = 0; a < ri; ++a) e[a * ldc + a] = -std::numeric_limits<float>::infinity();  // exp → 0
   float* colsum = w.p.data();  // rows j's Σ_a E_ab W_a (unscaled), then scaled into l_j
@@ -662,10 +695,7 @@ void half_forward_tile(const Problem& pb, int64_t h, const T* k, const HalfOpera
     l_i[a] += sum * iw[i0 + a];
     scaled_half_row(hw.a.data() + a * ldc, row, sm.w.data() + j0, iw[i0 + a], rj, ldc);
   }
-  for (int64_t cb = 0; cb * 64 < D; ++cb) {
-    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
-    at::native::cpublas::brgemm(ri, wc, ldc, ldc, wc, D, true, hw.a.data(), ops.v_block(cb, j0), acc_i + cb * 64, true);
-  }
+  brgemm_rows(ri, ldc, hw.a.data(), ops.v, j0, acc_i);
   if (!both_sides) return;
   // Eᵀ for rows j: an 8×8-blocked transpose of E (rows past ri and columns past rj are ignored below).
   float* et = w.st.data();
@@ -674,10 +704,7 @@ void half_forward_tile(const Problem& pb, int64_t h, const T* k, const HalfOpera
     l_j[b] += colsum[b] * iw[j0 + b];
     scaled_half_row(hw.at.data() + b * ldt, et + b * ldt, sm.w.data() + i0, iw[j0 + b], ri, ldt);
   }
-  for (int64_t cb = 0; cb * 64 < D; ++cb) {
-    const int64_t wc = std::min<int64_t>(64, D - cb * 64);
-    at::native::cpublas::brgemm(rj, wc, ldt, ldt, wc, D, true, hw.at.data(), ops.v_block(cb, i0), acc_j + cb * 64, true);
-  }
+  brgemm_rows(rj, ldt, hw.at.data(), ops.v, i0, acc_j);
 }
 
 // One work item of the half-precision smoother forward: rows [first_row, last_row) (every row with
@@ -807,6 +834,71 @@ double backward_tile(const Problem& pb, int64_t h, const float* k, const float* 
   if (both_sides) mm(false, false, ri, D, rj, pb.scale, s, ld, k + j0 * D, D, 1.f, dk + i0 * D, D);  // dK_i
   if (!need_dsigma) return 0.0;
   // Ordered pairs (i, J) and, with both_sides, (J, i): Σ (dS_iJ + dS_Jiᵀ)·G·d² since G, d² are symmetric.
+  return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj);
+}
+
+// ------------------------------------------------------------------ half-precision backward
+// The backward's operands of one (batch, head): Kᵀ (S), K (dK), Vᵀ (dP), dO (dV), dOᵀ (dPᵀ).
+template <typename T>
+struct HalfBackOperands {
+  PackedB<T> kt, k, vt, dout, doutt;
+  std::vector<T> tmp;
+  void prepare(const T* k_in, const T* v_in, const T* dout_in, int64_t N, int64_t D) {
+    kt.pack(k_in, N, D, false, tmp);
+    k.pack(k_in, N, D, true, tmp);
+    vt.pack(v_in, N, D, false, tmp);
+    dout.pack(dout_in, N, D, true, tmp);
+    doutt.pack(dout_in, N, D, false, tmp);
+  }
+};
+
+// backward_tile on the smoother's path with the five (seven with both_sides) products in the input dtype:
+// P and dS are computed in fp32 exactly as there and rounded to T only as they enter a product.
+template <typename T>
+double half_backward_tile(const Problem& pb, int64_t h, const T* k, const T* v, const T* dout,
+                          const HalfBackOperands<T>& ops, const RowStats& st, const Smoother& sm, int64_t i0, int64_t ri,
+                          int64_t j0, int64_t rj, bool both_sides, bool need_dsigma, float* dk, float* dv, Scratch& w,
+                          HalfScratch<T>& hw) {
+  const int64_t D = pb.D, ld = (rj + kTile - 1) / kTile * kTile, ldt = (ri + kTile - 1) / kTile * kTile;
+  const int64_t ri8 = (ri + 7) / 8 * 8, rj8 = (rj + 7) / 8 * 8;
+  float *s = w.s.data(), *p = w.p.data(), *pt = w.pt.data(), *dp = w.dp.data(), *dpt = w.dpt.data(), *ds = w.ds.data();
+  float* tr = w.st.data();
+  T *a = hw.a.data(), *at = hw.at.data();
+  half_logits(pb, h, k, ops.kt, i0, ri, j0, rj, s, ld);  // once for both P_iJ and P_Jiᵀ
+  for (int64_t r = 0; r < ri; ++r) {
+    const int64_t o = r * ld;
+    exp_centered(ds + o, s + o, sm.c[i0 + r], sm.c.data() + j0, rj);  // E (ds is free until below)
+    scale_pair(p + o, pt + o, ds + o, sm.r[i0 + r], sm.w[i0 + r], sm.w.data() + j0, sm.r.data() + j0, rj);
+  }
+  if (i0 == j0)  // the diagonal: the forward's P_ii
+    for (int64_t r = 0; r < ri; ++r) p[r * ld + r] = pt[r * ld + r] = st.p_diag[i0 + r];
+  transpose_tile(p, ri8, rj8, ld, tr, ldt);  // P_iJᵀ
+  to_half(at, ldt, tr, ldt, rj, ri, 1.f);
+  brgemm_rows(rj, ldt, at, ops.dout, i0, dv + j0 * D);  // dV_J += P_iJᵀ dO_i
+  if (both_sides) {
+    to_half(a, ld, pt, ld, ri, rj, 1.f);
+    brgemm_rows(ri, ld, a, ops.dout, j0, dv + i0 * D);  // dV_i += P_Jiᵀ dO_J
+  }
+  brgemm_tokens(ri, dout + i0 * D, ops.vt, j0, rj, dp, ld);    // dP_iJ
+  brgemm_tokens(ri, v + i0 * D, ops.doutt, j0, rj, dpt, ld);   // dP_Jiᵀ
+  for (int64_t r = 0; r < ri; ++r) {
+    const int64_t o = r * ld;
+    logit_grads(ds + o, s + o, p + o, dp + o, st.delta[i0 + r], pt + o, dpt + o, st.delta + j0, rj);
+  }
+  if (i0 == j0)
+    for (int64_t r = 0; r < ri; ++r) {
+      const int64_t e = r * ld + r;
+      ds[e] = -p[e] * st.delta_diag[i0 + r];
+      s[e] = 2.f * ds[e];
+    }
+  transpose_tile(s, ri8, rj8, ld, tr, ldt);  // (dS_iJ + dS_Jiᵀ)ᵀ
+  to_half(at, ldt, tr, ldt, rj, ri, pb.scale);
+  brgemm_rows(rj, ldt, at, ops.k, i0, dk + j0 * D);  // dK_J += scale·Tᵀ K_i
+  if (both_sides) {
+    to_half(a, ld, s, ld, ri, rj, pb.scale);
+    brgemm_rows(ri, ld, a, ops.k, j0, dk + i0 * D);  // dK_i += scale·T K_J
+  }
+  if (!need_dsigma) return 0.0;
   return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj);
 }
 
@@ -955,6 +1047,10 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   const auto k = k_in.to(at::kFloat).contiguous();
   const auto v = v_in.to(at::kFloat).contiguous();
   const auto dout = dout_in.to(at::kFloat).contiguous();
+  const auto dtype = k_in.scalar_type();
+  const bool half = dout_in.scalar_type() == dtype && half_path(dtype, k_in.size(3)) == "native";
+  const auto kh = half ? k_in.contiguous() : at::Tensor(), vh = half ? v_in.contiguous() : at::Tensor();
+  const auto doh = half ? dout_in.contiguous() : at::Tensor();
   const auto row_stat = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.sizes() == k_in.sizes().slice(0, 3), "kkattn cpu kernel: ", name, " must be (B, H, N)");
     return t.to(at::kFloat).contiguous();
@@ -980,17 +1076,41 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     Scratch w;
     Smoother sm;
+    HalfScratch<at::BFloat16> hw_bf16;
+    HalfScratch<at::Half> hw_fp16;
+    HalfBackOperands<at::BFloat16> ops_bf16;
+    HalfBackOperands<at::Half> ops_fp16;
     int64_t prepared = -1;  // as in the forward
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;
       const RowStats st{lp + bh * N, deltap + bh * N, ddp + bh * N, pdp + bh * N};
-      if (bh != prepared) sm.prepare_backward(pb, kp + off, st.lse);
+      const bool fresh = bh != prepared;
+      if (fresh) sm.prepare_backward(pb, kp + off, st.lse);
       prepared = bh;
+      // The backward's weights are fp32 until they enter a product (P ≤ 1): every dtype within the smoother's range.
+      const bool half_on = half && sm.on;
+      if (half_on && fresh) {
+        if (dtype == at::kBFloat16)
+          ops_bf16.prepare(kh.data_ptr<at::BFloat16>() + off, vh.data_ptr<at::BFloat16>() + off,
+                           doh.data_ptr<at::BFloat16>() + off, N, D);
+        else
+          ops_fp16.prepare(kh.data_ptr<at::Half>() + off, vh.data_ptr<at::Half>() + off, doh.data_ptr<at::Half>() + off,
+                           N, D);
+      }
       double dsig = 0.0;
       const auto tile = [&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
-        dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, sm, i0, ri, j0, rj, both_sides, need_dsigma,
-                              dkp + off, dvp + off, w);
+        if (half_on && dtype == at::kBFloat16)
+          dsig += half_backward_tile(pb, h, kh.data_ptr<at::BFloat16>() + off, vh.data_ptr<at::BFloat16>() + off,
+                                     doh.data_ptr<at::BFloat16>() + off, ops_bf16, st, sm, i0, ri, j0, rj, both_sides,
+                                     need_dsigma, dkp + off, dvp + off, w, hw_bf16);
+        else if (half_on)
+          dsig += half_backward_tile(pb, h, kh.data_ptr<at::Half>() + off, vh.data_ptr<at::Half>() + off,
+                                     doh.data_ptr<at::Half>() + off, ops_fp16, st, sm, i0, ri, j0, rj, both_sides,
+                                     need_dsigma, dkp + off, dvp + off, w, hw_fp16);
+        else
+          dsig += backward_tile(pb, h, kp + off, vp + off, dop + off, st, sm, i0, ri, j0, rj, both_sides, need_dsigma,
+                                dkp + off, dvp + off, w);
       };
       if (pairs) {  // this item owns all of (b, h)'s dK and dV
         std::fill(dkp + off, dkp + off + N * D, 0.f);
@@ -1007,6 +1127,7 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
       }
       if (need_dsigma) dsigma_part[item] = dsig;
     }
+    if (half) at::native::cpublas::brgemm_release();
   });
 
   dsigma.zero_();
