@@ -34,7 +34,7 @@ and with ``W_j = exp(c_j − c_max)``::
 
 Beyond them (keys whose norms differ widely, saturated rows, non-finite keys) the kernels take the
 online-softmax path, decided per (batch, head) on the device, without a host sync.  The compiled
-kernels hold the same bound (``kSmootherMaxSpread`` in csrc/kkattn_cpu.cpp and
+kernels hold the same bound (``kSmootherMaxSpread`` in csrc/kkattn_cpu_tiles.h and
 csrc/kkattn_cuda_kernels.cuh, whose backward applies it per tile pair; a test checks they agree).
 """
 from __future__ import annotations

@@ -372,3 +372,24 @@ def test_help_answers_before_torch_loads_and_every_option_is_explained(module):
     assert code in (0, None) and heavy == [], (module, heavy, result.stderr[-2000:])
     assert bare == [], f"{module}: options without help text: {bare}"
     assert "``" not in text and ":func:" not in text  # no reStructuredText markup
+
+
+# ------------------------------------------------------------------------------------------- precision
+def test_precision_runs_the_model_under_autocast_and_keeps_fp32_sums(trained, tmp_path, capsys):
+    from lovlanet import load_model
+    from lovlanet.inference import predict_image
+
+    model = load_model(trained / "best.pt").eval()
+    seen = []
+    model.fusion.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    fp32 = predict_image(model, image, tile=64)
+    bf16 = predict_image(model, image, tile=64, precision="bf16")
+    assert set(seen) == {torch.float32, torch.bfloat16}
+    assert (fp32 == bf16).mean() > 0.8  # the same labels but for near ties
+    with pytest.raises(ValueError, match="precision"):
+        predict_image(model, image, tile=64, precision="fp8")
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert run_predict(trained, [tmp_path / "a.png"], tmp_path / "out", "--precision", "bf16") == 0
+    assert run_predict(trained, [tmp_path / "a.png"], tmp_path / "out2", "--precision", "fp8") == 2
+    one_error(capsys, "--precision")

@@ -1,0 +1,268 @@
+// The CPU kernel's tile products, by input dtype: the one thing the tiles do differently per dtype.
+//
+//  * fp32 (and fp16/bf16 where the CPU has no half-precision brgemm): the BLAS sgemm_ libtorch links
+//    (MKL on x86 wheels, OpenBLAS elsewhere) on row-major fp32 operands.
+//  * fp16/bf16: ATen's cpublas::brgemm in the input dtype with fp32 accumulation (oneDNN ukernels: AMX
+//    tiles, or AVX-512-BF16/FP16), B operands packed once per (batch, head) into the VNNI layout the
+//    ukernels read (cpublas::pack).  c, W, the row sums, δ and every reduction stay fp32 (the tiles');
+//    weights and dS are rounded to the input dtype only where they enter a product, as on GPUs.
+//
+// Operands<T> holds one (batch, head)'s inputs for T = float, at::BFloat16 or at::Half; the product
+// functions below are overloaded on it, so the tiles (kkattn_cpu_tiles.h) are written once.
+// Internal to csrc/kkattn_cpu.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "kkattn_cpu_vec.h"
+
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc);
+
+namespace kkattn {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTile = 64;   // rows and keys per tile (forward and backward)
+constexpr int64_t kStrip = 256;  // partners per off-diagonal strip (a multiple of kTile)
+
+// A tile's leading dimension: its column count rounded up to kTile (brgemm's K runs over whole packed blocks).
+inline int64_t padded(int64_t n) { return (n + kTile - 1) / kTile * kTile; }
+
+// Row-major C[M×N] = alpha·op(A)·op(B) + beta·C with the column-major BLAS: Cᵀ = op(B)ᵀ·op(A)ᵀ.
+// Calls the Fortran sgemm_ that libtorch_cpu exports (MKL in x86 wheels, OpenBLAS elsewhere):
+// at::native::cpublas::gemm's float overload, which wraps it, is not exported from libtorch.
+void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+
+// ------------------------------------------------------------------ which path half precision takes
+// fp16/bf16 inputs run the smoother forward's tile products in their own dtype through ATen's
+// cpublas::brgemm (oneDNN ukernels: AMX tiles or AVX-512-BF16/FP16 where the CPU has them), with fp32
+// accumulation; c, W, the row sums and every reduction stay fp32.  The weights are rounded to the input
+// dtype only where they enter a product, as the GPU kernels do.  B operands are packed once per
+// (batch, head) into the VNNI layout the ukernels read (cpublas::pack), in blocks of kTile tokens.
+//
+// Scaling.  The weights entering E·V are row-scaled so that each row's diagonal weight is 1:
+// A_ab = E_ab·W_b / W_a = exp(S_ab − 2c_a) ≤ e^Δ.  bf16 has fp32's range, so it takes this path for
+// Δ ≤ 48 like fp32; fp16 (largest 65504) for Δ ≤ 8, as the Triton forward's fp16 weights
+// (kkattn/_smoother.py MAX_SPREAD_FP16); other heads take the upcast path.  The accumulators are then
+// acc'_i = acc_i / W_i and l'_i = l_i / W_i, so O_i = (acc'_i + V_i)/(l'_i + 1), lse_i = 2c_i + log1p(l'_i).
+constexpr float kHalfFp16MaxSpread = 8.f;
+
+// "native": the half-precision products where the CPU's brgemm packs the dtype; "upcast": always fp32.
+bool half_native_wanted() {
+  const char* mode = std::getenv("KKATTN_CPU_HALF");
+  return mode == nullptr || std::string(mode) != "upcast";
+}
+
+bool half_native_supported(at::ScalarType dt) {
+  if (dt != at::kBFloat16 && dt != at::kHalf) return false;
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
+  return dt == at::kBFloat16 ? bf16 : fp16;
+}
+
+// Which path fp16/bf16 inputs of head dim D take: "native" (their products through brgemm) or "upcast"
+// (fp32, as fp32 inputs); fp32 inputs: "fp32".
+std::string half_path(at::ScalarType dt, int64_t D) {
+  if (dt == at::kFloat) return "fp32";
+  if (!half_native_wanted()) return "upcast";
+  if (!half_native_supported(dt) || D % 16 != 0) return "upcast";
+  return "native";
+}
+
+// One (batch, head)'s N × D operand x, VNNI-packed as the B of a brgemm, padded to Np = N rounded up to
+// kTile tokens (zeros past N), in one of two forms:
+//  * by_tokens: the B of products over the head dim, X_Jᵀ (D × kTile per block of kTile tokens) — S = K_i K_Jᵀ,
+//    dP = dO_i V_Jᵀ;
+//  * by_rows: the B of products over tokens, X (Np × wc per column block of ≤ 64) — A·V, Pᵀ·dO, dSᵀ·K.
+// pack() is given ≤ 64 columns at a time (wider B failed to pack on the probed CPU).
+template <typename T>
+struct PackedB {
+  std::vector<T> data;
+  int64_t Np = 0, D = 0;
+  bool by_rows = false;
+
+  void pack(const T* x, int64_t N, int64_t D_, bool rows, std::vector<T>& tmp) {
+    D = D_, by_rows = rows, Np = (N + kTile - 1) / kTile * kTile;
+    const auto dt = c10::CppTypeToScalarType<T>::value;
+    data.assign(Np * D, T(0.f));
+    tmp.resize(std::max<int64_t>(D, 64) * kTile);
+    if (!rows) {
+      for (int64_t m = 0; m < Np / kTile; ++m) {
+        for (int64_t c = 0; c < D; ++c)
+          for (int64_t n = 0; n < kTile; ++n) {
+            const int64_t j = m * kTile + n;
+            tmp[c * kTile + n] = j < N ? x[j * D + c] : T(0.f);
+          }
+        at::native::cpublas::pack(D, kTile, kTile, kTile, dt, dt, tmp.data(), data.data() + m * D * kTile);
+      }
+      return;
+    }
+    for (int64_t cb = 0; cb * 64 < D; ++cb) {
+      const int64_t wc = std::min<int64_t>(64, D - cb * 64);
+      for (int64_t m = 0; m < Np / kTile; ++m) {
+        for (int64_t n = 0; n < kTile; ++n) {
+          const int64_t j = m * kTile + n;
+          for (int64_t c = 0; c < wc; ++c) tmp[n * wc + c] = j < N ? x[j * D + cb * 64 + c] : T(0.f);
+        }
+        at::native::cpublas::pack(kTile, wc, wc, wc, dt, dt, tmp.data(), data.data() + cb * 64 * Np + m * kTile * wc);
+      }
+    }
+  }
+  // by_tokens: block m (tokens m·kTile ..).  by_rows: column block cb from token j0 on (j0 a multiple of kTile).
+  const T* block(int64_t m) const { return data.data() + m * D * kTile; }
+  const T* rows_from(int64_t cb, int64_t j0) const {
+    return data.data() + cb * 64 * Np + j0 * std::min<int64_t>(64, D - cb * 64);
+  }
+};
+
+// C (M × D, ld D) += A (M × K, ld K) · X[j0 .. j0 + K] for a by_rows X, column block by column block.
+template <typename T>
+void brgemm_rows(int64_t M, int64_t K, const T* a, const PackedB<T>& x, int64_t j0, float* c) {
+  for (int64_t cb = 0; cb * 64 < x.D; ++cb)
+    at::native::cpublas::brgemm(M, std::min<int64_t>(64, x.D - cb * 64), K, K, std::min<int64_t>(64, x.D - cb * 64),
+                                x.D, true, a, x.rows_from(cb, j0), c + cb * 64, true);
+}
+
+// C (M × ldc) = A (M × D, ld D) · X_Jᵀ for the cols tokens from j0 of a by_tokens X (block by block).
+template <typename T>
+void brgemm_tokens(int64_t M, const T* a, const PackedB<T>& x, int64_t j0, int64_t cols, float* c, int64_t ldc) {
+  for (int64_t m = 0; m * kTile < cols; ++m)
+    at::native::cpublas::brgemm(M, kTile, x.D, x.D, kTile, ldc, false, a, x.block(j0 / kTile + m), c + m * kTile, true);
+}
+
+// Which of a (batch, head)'s inputs a product reads.
+enum class Role { k, v, dout };
+
+// The tile products' inputs of one (batch, head).  fp32: row-major N × D pointers (plus vt = W·V for the
+// smoother's forward, whose weights are E).  fp16/bf16: the input-dtype rows (A operands) and the packed
+// B operands; the forward's weights are then row-scaled, A_ab = E_ab·W_b/W_a = exp(S_ab − 2c_a) ≤ e^Δ, so
+// each row's diagonal weight is 1 and O' keeps its relative precision (the accumulators are acc/W_i).
+template <typename T>
+struct Operands {
+  static constexpr bool kHalf = true;
+  const T *k = nullptr, *v = nullptr, *dout = nullptr;
+  PackedB<T> k_tokens, k_rows, v_tokens, v_rows, dout_tokens, dout_rows;
+  std::vector<T> tmp;
+  int64_t D = 0;
+
+  void prepare_forward(const T* k_, const T* v_, int64_t N, int64_t D_) {
+    k = k_, v = v_, D = D_;
+    k_tokens.pack(k, N, D, false, tmp);
+    v_rows.pack(v, N, D, true, tmp);
+  }
+  void prepare_backward(const T* k_, const T* v_, const T* dout_, int64_t N, int64_t D_) {
+    k = k_, v = v_, dout = dout_, D = D_;
+    k_tokens.pack(k, N, D, false, tmp);
+    k_rows.pack(k, N, D, true, tmp);
+    v_tokens.pack(v, N, D, false, tmp);
+    dout_tokens.pack(dout, N, D, false, tmp);
+    dout_rows.pack(dout, N, D, true, tmp);
+  }
+  const T* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
+  const PackedB<T>& tokens(Role r) const { return r == Role::k ? k_tokens : r == Role::v ? v_tokens : dout_tokens; }
+  const PackedB<T>& packed_rows(Role r) const { return r == Role::k ? k_rows : r == Role::v ? v_rows : dout_rows; }
+};
+
+template <>
+struct Operands<float> {
+  static constexpr bool kHalf = false;
+  const float *k = nullptr, *v = nullptr, *dout = nullptr, *vt = nullptr;
+  int64_t D = 0;
+  const float* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
+};
+
+// Per-thread scratch of the products: fp32 transposes, and the input-dtype A operands (rows × padded K).
+template <typename T>
+struct ProductScratch {
+  std::vector<float> tr;
+  std::vector<T> a;
+  ProductScratch() : tr(kTile * kStrip), a(Operands<T>::kHalf ? kTile * kStrip : 0) {}
+};
+
+// C (M × ldc) = alpha·A_i X_Jᵀ: A = role a's M rows from i0, X = role x's cols tokens from j0.
+inline void product_nt(const Operands<float>& o, Role a, Role x, int64_t i0, int64_t M, int64_t j0, int64_t cols,
+                       float alpha, float* c, int64_t ldc) {
+  mm(false, true, M, cols, o.D, alpha, o.rows(a) + i0 * o.D, o.D, o.rows(x) + j0 * o.D, o.D, 0.f, c, ldc);
+}
+
+template <typename T>
+void product_nt(const Operands<T>& o, Role a, Role x, int64_t i0, int64_t M, int64_t j0, int64_t cols, float alpha,
+                float* c, int64_t ldc) {
+  brgemm_tokens(M, o.rows(a) + i0 * o.D, o.tokens(x), j0, cols, c, ldc);
+  if (alpha != 1.f)
+    for (int64_t r = 0; r < M; ++r) scale_row(c + r * ldc, alpha, cols);
+}
+
+// C (M × D) += f_r·(tile ∘ w)·X: tile M × K (ld), X = role x's K rows from j0; f_r = alpha·(row_f ? row_f[r] : 1),
+// w (per column of the tile) only for the half path's row-scaled weights.  fp32 reads X = `b` (e.g. vt).
+inline void accumulate_nn(const Operands<float>& o, const float* b, const float* tile, int64_t ld, int64_t M, int64_t K,
+                          int64_t j0, float alpha, float* c, ProductScratch<float>&) {
+  mm(false, false, M, o.D, K, alpha, tile, ld, b + j0 * o.D, o.D, 1.f, c, o.D);
+}
+
+inline void accumulate_nn(const Operands<float>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K,
+                          int64_t j0, float alpha, float* c, ProductScratch<float>& ps) {
+  accumulate_nn(o, o.rows(x), tile, ld, M, K, j0, alpha, c, ps);
+}
+
+template <typename T>
+void accumulate_nn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t j0,
+                   float alpha, const float* w, const float* row_f, float* c, ProductScratch<T>& ps) {
+  const int64_t lk = padded(K);
+  for (int64_t r = 0; r < M; ++r)  // the A operand in T, rounded once, zero-padded to whole packed blocks
+    scaled_half_row(ps.a.data() + r * lk, tile + r * ld, w, alpha * (row_f ? row_f[r] : 1.f), K, lk);
+  brgemm_rows(M, lk, ps.a.data(), o.packed_rows(x), j0, c);
+}
+
+template <typename T>
+void accumulate_nn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t j0,
+                   float alpha, float* c, ProductScratch<T>& ps) {
+  accumulate_nn(o, x, tile, ld, M, K, j0, alpha, nullptr, nullptr, c, ps);
+}
+
+// C (K × D) += f_r·(tileᵀ ∘ w)·X: the transposed product, tile M × K (ld), X = role x's M rows from i0;
+// f_r = alpha·(row_f ? row_f[r] : 1) for row r of tileᵀ, w per column of tileᵀ (row of the tile).
+inline void accumulate_tn(const Operands<float>& o, const float* b, const float* tile, int64_t ld, int64_t M,
+                          int64_t K, int64_t i0, float alpha, float* c, ProductScratch<float>&) {
+  mm(true, false, K, o.D, M, alpha, tile, ld, b + i0 * o.D, o.D, 1.f, c, o.D);
+}
+
+inline void accumulate_tn(const Operands<float>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K,
+                          int64_t i0, float alpha, float* c, ProductScratch<float>& ps) {
+  accumulate_tn(o, o.rows(x), tile, ld, M, K, i0, alpha, c, ps);
+}
+
+template <typename T>
+void accumulate_tn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t i0,
+                   float alpha, const float* w, const float* row_f, float* c, ProductScratch<T>& ps) {
+  // An 8×8-blocked register transpose of the fp32 tile (rows past M and columns past K are ignored), then
+  // the plain product of that K × M tile.
+  const int64_t lm = padded(M);
+  transpose_tile(tile, (M + 7) / 8 * 8, (K + 7) / 8 * 8, ld, ps.tr.data(), lm);
+  accumulate_nn(o, x, ps.tr.data(), lm, K, M, i0, alpha, w, row_f, c, ps);
+}
+
+template <typename T>
+void accumulate_tn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t i0,
+                   float alpha, float* c, ProductScratch<T>& ps) {
+  accumulate_tn(o, x, tile, ld, M, K, i0, alpha, nullptr, nullptr, c, ps);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace kkattn
