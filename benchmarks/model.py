@@ -1,6 +1,6 @@
 """Model benchmark: the paper's Table 6 for our implementation, next to the paper's numbers.
 
-    python -m benchmarks.model [--img-size 1024] [--reps 3] [--variants baseline kk ...]
+    python -m benchmarks.model [--img-size 1024] [--reps 3] [--variants baseline kk ...] [--precisions fp32 bf16]
 
 Rows: Baseline, KK, ReduceMLP, KK+ReduceMLP, Full on one RGB input (batch 1) of ``--img-size``.
 Columns: parameters (M, text tower included, as in the paper), GFLOPs of one image forward
@@ -9,7 +9,9 @@ the frozen text tower runs once per class list, so its cost is listed apart), in
 (median of ``--reps`` after a warm-up) and FPS, peak memory (GB: ``max_memory_allocated`` on a
 GPU; peak RSS of the variant's own process on a CPU), the attention backend, and the paper's
 values (RTX 4090) beside ours, in GFLOPs and in GMACs (= GFLOPs / 2, what many segmentation
-papers' counters call FLOPs).
+papers' counters call FLOPs). ``--precisions fp32 bf16`` adds rows run under ``torch.autocast`` in
+bf16 (CPU or GPU, as ``lovlanet-predict --precision``), with the share of pixels whose arg-max class
+equals the fp32 forward's on the same input.
 
 Writes ``benchmarks/results/model-<device>-<date>.{md,csv,json}``.
 """
@@ -68,30 +70,40 @@ def attention_backend(variant: str, device: str) -> str:
     return "timm Attention → SDPA" + (" + materialized G mask" if "gauss" in parts else "")
 
 
-def measure(variant: str, img_size: int, reps: int, device: str) -> dict:
-    """Time and peak memory (weights + activations, as the paper's GPU figure) of one variant, in this process."""
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure(variant: str, img_size: int, reps: int, device: str, precision: str = "fp32") -> dict:
+    """Time and peak memory (weights + activations, as the paper's GPU figure) of one variant, in this process;
+    under autocast for ``precision`` bf16/fp16, with the arg-max agreement against an fp32 forward."""
     torch.manual_seed(0)
     rss = PeakRSS()
     rss.start()  # before the weights exist: the CPU figure then covers weights + activations
     model = build(variant, img_size).to(device)
     images = torch.randn(1, 3, img_size, img_size, device=device)
+    dtype = AUTOCAST[precision]
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
 
     def run():
-        with torch.no_grad():
-            model(images)
+        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return model(images)
 
     timing = time_it(run, device, reps, warmup=1)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else rss.growth_mb() / 1024
 
     def run_encoder():  # the image encoder alone: what the pyramid and decoder add is the rest
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             model.encoder(images)
 
     encoder_ms = time_it(run_encoder, device, reps, warmup=1)["ms"]
-    return {**timing, "fps": 1e3 / timing["ms"], "peak_gb": peak_gb, "encoder_ms": encoder_ms}
+    row = {**timing, "fps": 1e3 / timing["ms"], "peak_gb": peak_gb, "encoder_ms": encoder_ms, "precision": precision}
+    if dtype is not None:
+        with torch.no_grad():
+            reference = model(images).argmax(1)
+        row["argmax_agreement"] = float((run().float().argmax(1) == reference).float().mean())
+    return row
 
 
 def main(argv=None) -> int:
@@ -101,34 +113,39 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="timed forwards per variant (default: 3)")
     parser.add_argument("--variants", nargs="+", default=list(PAPER), choices=list(PAPER))
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=list(AUTOCAST),
+                        help="fp32, and/or bf16/fp16 under torch.autocast (default: fp32)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cell", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", choices=list(AUTOCAST), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.img_size % 32 or args.img_size <= 0:
         parser.error(f"--img-size must be a positive multiple of 32, got {args.img_size}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.cell:
-        print(json.dumps(measure(args.cell, args.img_size, args.reps, device)))
+        print(json.dumps(measure(args.cell, args.img_size, args.reps, device, args.precision)))
         return 0
 
     from tqdm.auto import tqdm
 
     info = machine()
     rows = []
-    for variant in tqdm(args.variants, desc="variants", dynamic_ncols=True):
-        row = {"variant": variant, "label": LABELS[variant], **count_flops(variant, args.img_size),
+    cells = [(v, p) for v in args.variants for p in args.precisions]
+    flops = {v: count_flops(v, args.img_size) for v in args.variants}
+    for variant, precision in tqdm(cells, desc="variants", dynamic_ncols=True):
+        row = {"variant": variant, "label": LABELS[variant], **flops[variant], "precision": precision,
                "attention": attention_backend(variant, device)}
         if device == "cpu":  # own process: peak RSS belongs to this variant alone
             proc = subprocess.run([sys.executable, "-m", "benchmarks.model", "--cell", variant, "--img-size",
-                                   str(args.img_size), "--reps", str(args.reps), "--device", "cpu"],
-                                  capture_output=True, text=True)
+                                   str(args.img_size), "--reps", str(args.reps), "--device", "cpu",
+                                   "--precision", precision], capture_output=True, text=True)
             if proc.returncode != 0:
                 row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
             else:
                 row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         else:
             try:
-                row.update(measure(variant, args.img_size, args.reps, device))
+                row.update(measure(variant, args.img_size, args.reps, device, precision))
             except torch.OutOfMemoryError:
                 row["status"] = "OOM"
             torch.cuda.empty_cache()
@@ -141,20 +158,22 @@ def main(argv=None) -> int:
         "peak RSS growth of the variant's own process from before its weights were built (weights + activations)"
     lines = [f"# Model benchmark (paper Table 6) — {info.get('gpu') if device == 'cuda' else info['cpu']} ({date})", "",
              describe(info) + ".",
-             f"One {args.img_size}×{args.img_size} RGB input, batch 1, no_grad, fp32; median of {args.reps} runs after "
+             f"One {args.img_size}×{args.img_size} RGB input, batch 1, no_grad, in each row's precision (bf16/fp16: "
+             f"torch.autocast; agreement: pixels whose arg-max class equals fp32's); median of {args.reps} runs after "
              f"a warm-up. Memory: {memory}. "
              "GFLOPs from FlopCounterMode (2 per multiply–add), image path only; GMACs = GFLOPs / 2. The frozen text "
              f"tower runs once per class list: {rows[0]['text_gflops']:.1f} GFLOPs for the 6 LoveDA prompts. The paper "
              "does not say how it counts FLOPs. Paper: RTX 4090. Encoder ms: the image encoder alone (ViT with its "
              "attention), timed the same way; ×enc: the whole model over it.", "",
-             "| variant | params (M) | GFLOPs | GMACs | ms | FPS | memory (GB) | encoder ms | ×enc | attention "
-             "| paper params | paper FLOPs | paper ms | paper FPS | paper GB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| variant | precision | params (M) | GFLOPs | GMACs | ms | FPS | memory (GB) | encoder ms | ×enc "
+             "| agreement | attention | paper params | paper FLOPs | paper ms | paper FPS | paper GB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         measured = (f"{r['ms']:,.0f} | {r['fps']:.2f} | {r['peak_gb']:.2f} | {r['encoder_ms']:,.0f} | "
                     f"{r['ms'] / r['encoder_ms']:.2f}" if "ms" in r else f"{r.get('status')} | — | — | — | —")
-        lines.append(f"| {r['label']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['gflops'] / 2:.2f} | {measured} | "
-                     f"{r['attention']} | "
+        agree = f"{100 * r['argmax_agreement']:.1f}%" if r.get("argmax_agreement") is not None else "—"
+        lines.append(f"| {r['label']} | {r['precision']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['gflops'] / 2:.2f} | "
+                     f"{measured} | {agree} | {r['attention']} | "
                      f"{r['paper_params_m']:.2f} | {r['paper_gflops']:.2f} | {r['paper_ms']:.2f} | {r['paper_fps']:.2f} | "
                      f"{r['paper_gb']:.2f} |")
     text = "\n".join(lines) + "\n"

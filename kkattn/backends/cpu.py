@@ -1,7 +1,9 @@
 """The compiled C++ CPU kernel, ``kkattn._C`` (csrc/kkattn_cpu.cpp), behind the backend interface.
 
-The kernel computes in float32 and writes into float32 buffers allocated here (so tests can
-poison them); ``kkattn._ops`` casts the results back to the input dtype and layout.
+The kernel keeps every statistic and accumulator in float32 (fp16/bf16 tile products run in their own
+dtype where the CPU's brgemm takes it: :func:`half_precision_path`) and writes into float32 buffers
+allocated here (so tests can poison them); ``kkattn._ops`` casts the results back to the input dtype and
+layout.
 """
 from __future__ import annotations
 
