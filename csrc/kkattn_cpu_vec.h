@@ -222,24 +222,32 @@ void to_half(T* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, i
   for (int64_t a = 0; a < rows; ++a) scaled_half_row(dst + a * ldd, src + a * lds, nullptr, f, cols, ldd);
 }
 
+// Two-input shuffle of 8-lane vectors with constant indices: GCC's __builtin_shuffle (GCC ≥ 10), clang's
+// __builtin_shufflevector.
+#if defined(__clang__)
+#define KKATTN_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define KKATTN_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#endif
+
 // dst (cols × ldd) = srcᵀ of src (rows × lds), rows and cols multiples of 8, in 8×8 blocks of register
 // shuffles (unpack, shuffle, lane permute on AVX2/AVX-512).
 __attribute__((always_inline)) inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
   v8f r[8], t[8], u[8];
   for (int q = 0; q < 8; ++q) r[q] = load<v8f>(src + q * lds);
   for (int q = 0; q < 8; q += 2) {
-    t[q] = __builtin_shuffle(r[q], r[q + 1], v8i{0, 8, 1, 9, 4, 12, 5, 13});
-    t[q + 1] = __builtin_shuffle(r[q], r[q + 1], v8i{2, 10, 3, 11, 6, 14, 7, 15});
+    t[q] = KKATTN_SHUFFLE8(r[q], r[q + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[q + 1] = KKATTN_SHUFFLE8(r[q], r[q + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int q = 0; q < 8; q += 4)
     for (int o = 0; o < 2; ++o) {
-      u[q + 2 * o] = __builtin_shuffle(t[q + o], t[q + o + 2], v8i{0, 1, 8, 9, 4, 5, 12, 13});
-      u[q + 2 * o + 1] = __builtin_shuffle(t[q + o], t[q + o + 2], v8i{2, 3, 10, 11, 6, 7, 14, 15});
+      u[q + 2 * o] = KKATTN_SHUFFLE8(t[q + o], t[q + o + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[q + 2 * o + 1] = KKATTN_SHUFFLE8(t[q + o], t[q + o + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   // u[0..3]: columns {0,1}, {2,3}... of rows 0–3 in low/high halves; u[4..7] the same for rows 4–7.
   for (int q = 0; q < 4; ++q) {  // u[q] and u[q + 4] hold columns q and q + 4
-    store<v8f>(dst + q * ldd, __builtin_shuffle(u[q], u[q + 4], v8i{0, 1, 2, 3, 8, 9, 10, 11}));
-    store<v8f>(dst + (q + 4) * ldd, __builtin_shuffle(u[q], u[q + 4], v8i{4, 5, 6, 7, 12, 13, 14, 15}));
+    store<v8f>(dst + q * ldd, KKATTN_SHUFFLE8(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store<v8f>(dst + (q + 4) * ldd, KKATTN_SHUFFLE8(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15));
   }
 }
 
