@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kkattn_cpu_vec.h"
@@ -68,10 +69,40 @@ bool half_native_wanted() {
   return mode == nullptr || std::string(mode) != "upcast";
 }
 
+// The kinds of call the half path makes, once, on small exact operands: pack a 64 × 64 and a 128 × 64 B,
+// multiply 64 × 64 × 64 and 256 × 64 × 128 (K over two packed blocks), and compare with the exact
+// product. A CPU whose ukernels cannot take one of them (could_pack promises more than a shape gives, or
+// the first JIT fails) then runs fp32 instead of failing at the first call.
+template <typename T>
+bool brgemm_self_test() {
+  try {
+    const auto dt = c10::CppTypeToScalarType<T>::value;
+    for (const auto& [M, K] : {std::pair<int64_t, int64_t>{64, 64}, {256, 128}}) {
+      const int64_t N = 64;
+      std::vector<T> a(M * K), b(K * N), packed(K * N);
+      for (int64_t i = 0; i < M * K; ++i) a[i] = T(static_cast<float>(i % 7) - 3.f);
+      for (int64_t i = 0; i < K * N; ++i) b[i] = T(static_cast<float>(i % 5) - 2.f);
+      at::native::cpublas::pack(K, N, N, N, dt, dt, b.data(), packed.data());
+      std::vector<float> c(M * N, 0.f);
+      at::native::cpublas::brgemm(M, N, K, K, N, N, false, a.data(), packed.data(), c.data(), true);
+      at::native::cpublas::brgemm_release();
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          float want = 0.f;  // small integers: exact in fp32 whatever the order
+          for (int64_t x = 0; x < K; ++x) want += static_cast<float>(a[i * K + x]) * static_cast<float>(b[x * N + j]);
+          if (c[i * N + j] != want) return false;
+        }
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 bool half_native_supported(at::ScalarType dt) {
   if (dt != at::kBFloat16 && dt != at::kHalf) return false;
-  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
-  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16) && brgemm_self_test<at::BFloat16>();
+  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf) && brgemm_self_test<at::Half>();
   return dt == at::kBFloat16 ? bf16 : fp16;
 }
 
