@@ -216,12 +216,6 @@ void scaled_half_row(at::Half* __restrict dst, const float* __restrict e, const 
   for (int64_t j = n; j < n_pad; ++j) dst[j] = at::Half(0.f);
 }
 
-// The rows × cols fp32 tile src (ld lds) as dst (rows × ldd) in the input dtype, times f: dst = T(f·src).
-template <typename T>
-void to_half(T* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t cols, float f) {
-  for (int64_t a = 0; a < rows; ++a) scaled_half_row(dst + a * ldd, src + a * lds, nullptr, f, cols, ldd);
-}
-
 // Two-input shuffle of 8-lane vectors with constant indices: GCC's __builtin_shuffle (GCC ≥ 10), clang's
 // __builtin_shufflevector.
 #if defined(__clang__)
