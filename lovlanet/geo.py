@@ -24,13 +24,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from kkattn._io import WriteError
 
 from .data.common import IGNORE_INDEX, NODATA_LABEL, DataError, colour_bands, colours_to_labels
+
+if TYPE_CHECKING:  # torch loads when a window is read, not with the module (the tools' --help)
+    import torch
 
 # Rasters read through GDAL. TIFFs without georeferencing keep the plain path (PNG masks).
 GDAL_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -274,7 +277,7 @@ class ClassRasterWriter:
         for dataset, final in datasets:  # every file complete before the first is renamed into place
             tmp = Path(dataset.name)
             _writing(self.rasterio, final, dataset.close)
-            ready = _writing(self.rasterio, final, lambda: self._cloud_optimized(tmp, final))
+            ready = _writing(self.rasterio, final, lambda tmp=tmp, final=final: self._cloud_optimized(tmp, final))
             self._ready.append((ready, final))
         for ready, final in self._ready:
             os.replace(ready, final)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -23,12 +22,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import chunked
+from . import _probes, chunked
+from ._probes import SHARED_MEMORY_PER_BLOCK  # noqa: F401  (re-exported: the budgets, for tests/triton_aot.py)
 
-# Opt-in shared memory per thread block, bytes, by CUDA compute capability: the budgets the GPU kernels'
-# tiles are planned for (A100, RTX 30xx, RTX 40xx, H100/H200).  At run time the device's own limit is
-# asked; tests/kkattn/test_triton_aot.py compiles every Triton variant for each of these and checks it fits.
-SHARED_MEMORY_PER_BLOCK = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 # What backend="auto" tries, in order, per device type: the one place this order is written (the
 # benchmarks and the tests' backend matrix read it).
 AUTO_ORDER = {"cuda": ("cuda", "triton", "chunked"), "cpu": ("cpu", "chunked")}
@@ -130,9 +126,9 @@ class _Triton(_Deferred):
             return BackendStatus(self.name, False, "not installed (pip install triton)")
         if torch.cuda.is_available():
             return BackendStatus(self.name, True, "available (GPU)")
-        if _interpreting():
+        if _probes.interpreting():
             return BackendStatus(self.name, True, "available (TRITON_INTERPRET=1: CPU tensors, slow)")
-        if _interpreter_set_too_late():
+        if _probes.interpreter_set_too_late():
             return BackendStatus(self.name, False, "no GPU, and TRITON_INTERPRET=1 was set after triton was "
                                  "imported — set it before importing kkattn")
         return BackendStatus(self.name, False, "no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors")
@@ -141,23 +137,23 @@ class _Triton(_Deferred):
     min_shared_memory = SHARED_MEMORY_PER_BLOCK[86]
 
     def accepts(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> bool:
-        return (super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _interpreting_const()
-                and (device_type != "cuda" or _gpu_shared_memory(device_index) >= self.min_shared_memory))
+        return (super().accepts(device_type, dtype, head_dim) and (device_type == "cpu") == _probes.interpreting_const()
+                and (device_type != "cuda" or _probes.gpu_shared_memory(device_index) >= self.min_shared_memory))
 
     def check(self, device_type: str, dtype: torch.dtype, head_dim, device_index: Optional[int] = None) -> None:
         if device_type not in self.devices:
             raise ValueError(f"backend 'triton' takes CUDA tensors (or CPU under TRITON_INTERPRET=1), "
                              f"got a {device_type} tensor")
         super().check(device_type, dtype, head_dim)
-        if device_type == "cpu" and not _interpreting_const():
+        if device_type == "cpu" and not _probes.interpreting_const():
             raise ValueError("backend 'triton' got CPU tensors without TRITON_INTERPRET=1 "
                              "(set it before importing kkattn)")
-        if device_type == "cuda" and _interpreting_const():
+        if device_type == "cuda" and _probes.interpreting_const():
             raise ValueError("backend 'triton' runs in the interpreter (TRITON_INTERPRET=1), which takes "
                              "CPU tensors; unset it to run on the GPU")
-        if device_type == "cuda" and _gpu_shared_memory(device_index) < self.min_shared_memory:
+        if device_type == "cuda" and _probes.gpu_shared_memory(device_index) < self.min_shared_memory:
             raise ValueError(f"backend 'triton' plans its tiles for at least {self.min_shared_memory // 1024} KB of "
-                             f"shared memory per block; this GPU allows {_gpu_shared_memory(device_index) // 1024} KB")
+                             f"shared memory per block; this GPU allows {_probes.gpu_shared_memory(device_index) // 1024} KB")
 
 
 class _CompiledCPU(_Deferred):
@@ -248,37 +244,11 @@ _REGISTRY = {b.name: b for b in (_Chunked(), _Triton(), _CompiledCPU(), _Compile
 BACKEND_NAMES = ("auto", "reference", *_REGISTRY)
 
 
-def _interpreting() -> bool:
-    """Whether Triton code runs in the interpreter in this process.
-
-    Triton fixes the mode when a ``@triton.jit`` function is decorated, and importing torch's
-    flop counter (which kkattn does) already imports ``triton.language``: so once that is loaded,
-    its decorated functions say the truth, whatever the environment says now.
-    """
-    lang = sys.modules.get("triton.language")
-    if lang is not None and hasattr(lang, "zeros"):
-        return type(lang.zeros).__name__ == "InterpretedFunction"
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@torch.compiler.assume_constant_result
-def _interpreting_const() -> bool:
-    # torch.compile evaluates this once while tracing instead of tracing sys.modules.
-    return _interpreting()
-
-
 @torch.compiler.assume_constant_result
 def _unavailable_reason(name: str) -> str:
     """Why backend ``name`` cannot run on this install ("" when it can); a constant under torch.compile."""
     status = _REGISTRY[name].status()
     return "" if status.available else status.detail
-
-
-@torch.compiler.assume_constant_result
-def _gpu_shared_memory(device_index: Optional[int]) -> int:
-    """Opt-in shared memory per block of a CUDA device (None: the current one), bytes."""
-    index = torch.cuda.current_device() if device_index is None else device_index
-    return int(torch.cuda.get_device_properties(index).shared_memory_per_block_optin)
 
 
 @torch.compiler.assume_constant_result
@@ -294,8 +264,6 @@ def _cuda_misfit(head_dim: int, device_index: int) -> str:
             f"memory per block, the GPU allows {limit / 1024:.1f} KB")
 
 
-def _interpreter_set_too_late() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and not _interpreting()
 
 
 def get_backend(name: str):

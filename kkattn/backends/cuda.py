@@ -31,8 +31,8 @@ def shared_memory(head_dim: int) -> tuple[int, int]:
 def device_limit(index: Optional[int] = None) -> int:
     """The most shared memory a block may opt in to on GPU ``index`` (None: the current one): 163 KB on
     A100 (sm_80), 99 KB on RTX 30xx/40xx (sm_86/89), 227 KB on H100/H200 (sm_90)."""
-    from . import _gpu_shared_memory
-    return _gpu_shared_memory(index)
+    from ._probes import gpu_shared_memory
+    return gpu_shared_memory(index)
 
 
 def forward(k: Tensor, v: Tensor, sigma: Optional[Tensor], grid_w: int, num_prefix_tokens: int,

@@ -19,10 +19,10 @@ from torch import Tensor
 from .. import _smoother
 from .._alloc import empty_output, empty_output_like
 from .._prior import LOG2E
-from . import SHARED_MEMORY_PER_BLOCK, _gpu_shared_memory, _interpreting
+from ._probes import SHARED_MEMORY_PER_BLOCK, gpu_shared_memory, interpreting
 from . import triton_kernels as kernels
 
-INTERPRETED = _interpreting()
+INTERPRETED = interpreting()
 
 
 def _dot_upcast(dtype: torch.dtype) -> bool:
@@ -80,7 +80,7 @@ def _tiles(kind: str, head_dim: int, dtype: torch.dtype, device: torch.device,
         # Small tiles so that test sizes (N <= 256) span several blocks and partial last blocks.
         return 32, 32, 4, 1
     if budget is None:
-        budget = _gpu_shared_memory(device.index)
+        budget = gpu_shared_memory(device.index)
     return gpu_tiles(kind, head_dim, dtype, budget, _input_precision(dtype))
 
 

@@ -84,8 +84,8 @@ def test_sigma_tensor_on_another_device():
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the no-GPU, no-interpreter message")
 def test_triton_without_gpu_or_interpreter_says_why(monkeypatch):
-    from kkattn import backends
-    monkeypatch.setattr(backends, "_interpreting", lambda: False)
+    from kkattn.backends import _probes
+    monkeypatch.setattr(_probes, "interpreting", lambda: False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert str(kkattn.available_backends()["triton"]) == \
         "triton: no GPU — set TRITON_INTERPRET=1 to run it on CPU tensors"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import resource
 import struct
 import subprocess
 import sys
