@@ -110,10 +110,17 @@ def read_image(path: PathLike, bands: Sequence[int] | None = None) -> np.ndarray
     reader swaps channels.
     """
     path = Path(path)
-    height, width, _ = probe_image(path)
-    check_pixels(path, height, width, streamable=path.suffix.lower() in (".tif", ".tiff"))
-    array = _open_image(path, lambda series: _bands_last(np.asarray(series.asarray()), series.axes, path),
-                        lambda img: np.asarray(img.convert("RGB") if bands is None else img), whole=True)
+
+    def tiff(series):  # the size from the header, checked before any pixel is decoded (one open of the file)
+        height, width, _ = _tiff_extent(series.shape, series.axes, path)
+        check_pixels(path, height, width, streamable=True)
+        return _bands_last(np.asarray(series.asarray()), series.axes, path)
+
+    def pil(img):
+        check_pixels(path, img.height, img.width)
+        return np.asarray(img.convert("RGB") if bands is None else img)
+
+    array = _open_image(path, tiff, pil, whole=True)
     if array.ndim == 2:
         array = array[..., None]
     array = array[..., colour_bands(array.shape[-1], path, bands)]
