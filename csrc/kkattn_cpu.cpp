@@ -3,15 +3,17 @@
 // FlashAttention-style tiling: tile products (kkattn_cpu_products.h) go through the BLAS sgemm_ PyTorch
 // links for fp32, and through ATen's brgemm in the input dtype for fp16/bf16 where the CPU has it, with
 // the prior and the softmax fused between them in vectorized fp32 loops (kkattn_cpu_vec.h,
-// kkattn_cpu_prior.h).  Memory is O(B·H·N·D) plus per-thread tiles: never an N×N buffer.
+// kkattn_cpu_prior.h; the smoother forward's in one pass, kkattn_cpu_epilogue.h).  Memory is O(B·H·N·D)
+// plus per-thread tiles: never an N×N buffer.  Denormals are flushed in the kernel threads (FlushDenormals).
 //
 // This file is the schedule: which tiles run, in which order, on which thread, and what each output row
 // gets.  The tiles themselves are kkattn_cpu_tiles.h; the op registration kkattn_cpu_bindings.cpp.
 //
 //  * Prior: separable, G(i, j) = g_r(Δr)·g_c(Δc), from per-call tables of exp(−t²/(2σ²)) — no exp
 //    per element.  For a query row, a run of keys on one grid row adds g_r(Δr)·profile[c..] (a
-//    contiguous axpy).  Runs and whole tiles whose largest G is below 2^-24 are skipped: exact to
-//    fp32 rounding (kNegligiblePrior in kkattn_math.h).
+//    contiguous axpy, or in the smoother forward one row of G built from the strip's runs).  Runs and
+//    whole tiles whose largest G is below 2^-24 are skipped: exact to fp32 rounding (kNegligiblePrior
+//    in kkattn_math.h).
 //  * Forward, two paths per (batch, head):
 //     - the symmetric smoother (see "the smoother" below): E_ij = exp(S_ij − c_i − c_j) is symmetric
 //       and ≤ 1, so one exp per unordered pair serves both rows, and the softmax needs no running max
@@ -37,6 +39,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kkattn_cpu_tiles.h"
@@ -90,28 +93,39 @@ void for_each_strip(int64_t i0, int64_t rows, int64_t from, int64_t N, Fn&& fn) 
 
 }  // namespace
 
+// Calls fn(T{}) with T the half-precision type of dt (bf16 or fp16).
+template <typename Fn>
+void with_half_type(at::ScalarType dt, Fn&& fn) {
+  if (dt == at::kBFloat16)
+    fn(at::BFloat16{});
+  else
+    fn(at::Half{});
+}
+
 // Writes out (B, H, N, D) and lse (B, H, N), both float32 and contiguous, and when given the
 // off-diagonal output out_off (B, H, N, D) and weight p_off (B, H, N); k, v in any float dtype.
 void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& sigma, int64_t grid_w,
              int64_t num_prefix, double scale_d, at::Tensor& out, at::Tensor& lse,
              const c10::optional<at::Tensor>& out_off, const c10::optional<at::Tensor>& p_off) {
   check_inputs(k_in, v_in, sigma, grid_w, num_prefix);
-  const auto k = k_in.to(at::kFloat).contiguous();
-  const auto v = v_in.to(at::kFloat).contiguous();
-  const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
+  const int64_t B = k_in.size(0), H = k_in.size(1), N = k_in.size(2), D = k_in.size(3);
   const auto dtype = k_in.scalar_type();
-  const bool half = half_path(dtype, D) == "native";  // the products in fp16/bf16 (kkattn_cpu_products.h)
-  const auto kh = half ? k_in.contiguous() : at::Tensor(), vh = half ? v_in.contiguous() : at::Tensor();
-  check_output(out, k.sizes(), "out");
+  // native: the products in fp16/bf16 (kkattn_cpu_products.h), k and v read as given; a head the half path
+  // cannot take is converted to fp32 by the thread that runs it.  Otherwise everything is fp32 from the start.
+  const bool native = half_path(dtype, D) == "native";
+  const auto k = native ? k_in.contiguous() : k_in.to(at::kFloat).contiguous();
+  const auto v = native ? v_in.contiguous() : v_in.to(at::kFloat).contiguous();
+  check_output(out, k_in.sizes(), "out");
   check_output(lse, {B, H, N}, "lse");
   TORCH_CHECK(out_off.has_value() == p_off.has_value(), "kkattn cpu kernel: out_off and p_off go together");
   if (out_off.has_value()) {
-    check_output(*out_off, k.sizes(), "out_off");
+    check_output(*out_off, k_in.sizes(), "out_off");
     check_output(*p_off, {B, H, N}, "p_off");
   }
   const Prior prior = sigma.has_value() ? make_prior(*sigma, N, grid_w, num_prefix) : Prior{};
   const Problem pb{N, D, static_cast<float>(scale_d), sigma.has_value() ? &prior : nullptr};
-  const float *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const char *kraw = static_cast<const char*>(k.data_ptr()), *vraw = static_cast<const char*>(v.data_ptr());
+  const int64_t head_bytes = N * D * k.element_size();
   float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
   float* oop = out_off.has_value() ? out_off->data_ptr<float>() : nullptr;
   float* pop = p_off.has_value() ? p_off->data_ptr<float>() : nullptr;
@@ -120,27 +134,28 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
   const int64_t items = pairs ? B * H : B * H * n_blocks;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     Scratch w;
     Smoother sm;
     ProductScratch<float> ps_fp32;
-    ProductScratch<at::BFloat16> ps_bf16;
-    ProductScratch<at::Half> ps_fp16;
-    Operands<at::BFloat16> ops_bf16;
-    Operands<at::Half> ops_fp16;
-    int64_t prepared = -1;  // the (batch, head) sm holds: a thread's row-block items come in head order
-    bool half_on = false;   // that (batch, head)'s smoother runs its products in fp16/bf16
-    const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
-    std::vector<float> m(span), l(span), d(span), acc(span * D);
+    std::tuple<ProductScratch<at::BFloat16>, ProductScratch<at::Half>> ps_half;
+    std::tuple<Operands<at::BFloat16>, Operands<at::Half>> ops_half;
+    std::vector<float> k32, v32;  // native: fp32 copies of a head the half path cannot take
+    int64_t prepared = -1;        // the (batch, head) sm holds: a thread's row-block items come in head order
+    bool half_on = false;         // that (batch, head)'s smoother runs its products in fp16/bf16
+    const float *kbh = nullptr, *vbh = nullptr;  // its fp32 keys and values (unless half_on)
+    const int64_t span = pairs ? padded(N) : kTile;  // rows whose running state one item holds
+    std::vector<float> m(span), l(span), d(span), acc(span * D), acc_t;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
-      const float *kbh = kp + bh * N * D, *vbh = vp + bh * N * D;
+      const void *kh = kraw + bh * head_bytes, *vh = vraw + bh * head_bytes;
       const int64_t first_row = pairs ? 0 : (item % n_blocks) * kTile;
       const int64_t last_row = pairs ? N : std::min(first_row + kTile, N);
-      const auto write_row = [&](int64_t row, const float* acc_row, float diag, float off, float row_lse) {
+      const auto write_row = [&](int64_t row, const float* acc_row, float diag, float off, float row_lse,
+                                 const auto* v_row) {
         const float total = off + diag, inv = 1.f / total;
-        const float* v_row = vbh + row * D;
         float* dst = op + (bh * N + row) * D;
-        for (int64_t x = 0; x < D; ++x) dst[x] = (acc_row[x] + diag * v_row[x]) * inv;
+        for (int64_t x = 0; x < D; ++x) dst[x] = (acc_row[x] + diag * static_cast<float>(v_row[x])) * inv;
         lp[bh * N + row] = row_lse;
         if (oop) {
           float* dst_off = oop + (bh * N + row) * D;
@@ -149,29 +164,51 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
         }
       };
       if (bh != prepared) {
-        sm.prepare(pb, kbh);
-        // fp16 weights hold e^Δ: within fp16's range for Δ ≤ 8; wider heads take the fp32 products.
-        half_on = half && sm.on && (dtype == at::kBFloat16 || sm.spread <= kHalfFp16MaxSpread);
-        sm.prepare_weights(pb, vbh, half_on);
-        if (half_on && dtype == at::kBFloat16)
-          ops_bf16.prepare_forward(kh.data_ptr<at::BFloat16>() + bh * N * D, vh.data_ptr<at::BFloat16>() + bh * N * D,
-                                   N, D);
-        else if (half_on)
-          ops_fp16.prepare_forward(kh.data_ptr<at::Half>() + bh * N * D, vh.data_ptr<at::Half>() + bh * N * D, N, D);
+        if (native) {
+          with_half_type(dtype, [&]<typename T>(T) {
+            sm.prepare(pb, static_cast<const T*>(kh));
+            // fp16 weights hold e^Δ: within fp16's range for Δ ≤ 8; wider heads take the fp32 products.
+            half_on = sm.on && (dtype == at::kBFloat16 || sm.spread <= kHalfFp16MaxSpread);
+            if (half_on) {
+              std::get<Operands<T>>(ops_half).prepare_forward(static_cast<const T*>(kh), static_cast<const T*>(vh), N,
+                                                              D);
+              return;
+            }
+            k32.resize(N * D), v32.resize(N * D);
+            std::copy(static_cast<const T*>(kh), static_cast<const T*>(kh) + N * D, k32.begin());
+            std::copy(static_cast<const T*>(vh), static_cast<const T*>(vh) + N * D, v32.begin());
+            kbh = k32.data(), vbh = v32.data();
+          });
+        } else {
+          kbh = static_cast<const float*>(kh), vbh = static_cast<const float*>(vh);
+          sm.prepare(pb, kbh);
+          half_on = false;
+        }
+        sm.prepare_weights(pb, half_on ? nullptr : vbh, half_on && dtype == at::kHalf);
         prepared = bh;
       }
       if (sm.on) {
         std::fill(l.begin(), l.end(), 0.f);
         std::fill(acc.begin(), acc.end(), 0.f);
+        // fp32: the j-sides accumulate into acc's rows; fp16/bf16: into the transposed acc_t (D × ldt), added at the end
         const auto run = [&]<typename T>(const Operands<T>& ops, ProductScratch<T>& ps) {
+          float* acc_j = acc.data();
+          if constexpr (Operands<T>::kHalf) {
+            if (pairs) {
+              acc_t.assign(D * ops.ldt, 0.f);
+              acc_j = acc_t.data();
+            }
+          }
           if (pairs) {
             for (int64_t i0 = 0; i0 < N; i0 += kTile) {
               const int64_t ri = std::min(kTile, N - i0);
               for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) {
                 smoother_forward_tile(pb, h, ops, sm, i0, ri, j0, rj, j0 != i0, l.data() + i0, acc.data() + i0 * D,
-                                      l.data() + j0, acc.data() + j0 * D, w, ps);
+                                      l.data() + j0, Operands<T>::kHalf ? acc_j : acc_j + j0 * D, w, ps);
               });
             }
+            if constexpr (Operands<T>::kHalf)  // acc += acc_tᵀ, in 8 × 8 blocks (acc has padded(N) rows)
+              transpose_add_tile(acc_t.data(), D, padded(N), ops.ldt, acc.data(), D);
           } else {
             for_each_strip(first_row, last_row - first_row, 0, N, [&](int64_t j0, int64_t rj) {
               smoother_forward_tile(pb, h, ops, sm, first_row, last_row - first_row, j0, rj, false, l.data(),
@@ -179,18 +216,24 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
             });
           }
         };
-        if (half_on && dtype == at::kBFloat16)
-          run(ops_bf16, ps_bf16);
-        else if (half_on)
-          run(ops_fp16, ps_fp16);
-        else
+        const auto finish = [&](const auto* v_head) {
+          for (int64_t row = first_row; row < last_row; ++row) {
+            const int64_t a = row - first_row;
+            // The diagonal weight: W_i, or 1 for fp16's row-scaled sums.  lse = c + c_max + log(W + l)
+            // = S_ii + log1p(l/W): without c_max's magnitude in it.
+            const float diag = half_on && dtype == at::kHalf ? 1.f : sm.w[row];
+            write_row(row, acc.data() + a * D, diag, l[a], 2.f * sm.c[row] + std::log1p(l[a] / diag),
+                      v_head + row * D);
+          }
+        };
+        if (half_on) {
+          with_half_type(dtype, [&]<typename T>(T) {
+            run(std::get<Operands<T>>(ops_half), std::get<ProductScratch<T>>(ps_half));
+            finish(static_cast<const T*>(vh));
+          });
+        } else {
           run(Operands<float>{kbh, vbh, nullptr, sm.vt.data(), D}, ps_fp32);
-        for (int64_t row = first_row; row < last_row; ++row) {
-          const int64_t a = row - first_row;
-          // The diagonal weight: W_i, or 1 for the half path's row-scaled sums.  lse = c + c_max + log(W + l)
-          // = S_ii + log1p(l/W): without c_max's magnitude in it.
-          const float diag = half_on ? 1.f : sm.w[row];
-          write_row(row, acc.data() + a * D, diag, l[a], 2.f * sm.c[row] + std::log1p(l[a] / diag));
+          finish(vbh);
         }
         continue;
       }
@@ -214,10 +257,10 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
       }
       for (int64_t row = first_row; row < last_row; ++row) {
         const int64_t a = row - first_row;
-        write_row(row, acc.data() + a * D, d[a], l[a], m[a] + std::log(l[a] + d[a]));
+        write_row(row, acc.data() + a * D, d[a], l[a], m[a] + std::log(l[a] + d[a]), vbh + row * D);
       }
     }
-    if (half) at::native::cpublas::brgemm_release();  // this thread's AMX tile state
+    if (native) at::native::cpublas::brgemm_release();  // this thread's AMX tile state
   });
 }
 
@@ -259,6 +302,7 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   float *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
     Scratch w;
     Smoother sm;
     ProductScratch<float> ps_fp32;
@@ -350,6 +394,9 @@ std::string half_precision_path(const std::string& dtype, int64_t head_dim) {
   const auto dt = dtype == "bfloat16" ? at::kBFloat16 : dtype == "float16" ? at::kHalf : at::kFloat;
   return half_path(dt, head_dim);
 }
+
+// The smoother epilogue's instruction set this call would take: "avx512-bf16" or "generic" (kkattn_cpu_epilogue.h).
+std::string vector_isa() { return vector_isa_avx512() ? "avx512-bf16" : "generic"; }
 
 }  // namespace cpu
 }  // namespace kkattn

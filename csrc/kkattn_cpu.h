@@ -18,6 +18,7 @@ void backward(const at::Tensor& dout, const at::Tensor& k, const at::Tensor& v, 
 at::Tensor smoother_spread(const at::Tensor& k, bool prior, int64_t num_prefix, double scale);
 double smoother_max_spread();
 std::string half_precision_path(const std::string& dtype, int64_t head_dim);
+std::string vector_isa();
 
 }  // namespace cpu
 }  // namespace kkattn

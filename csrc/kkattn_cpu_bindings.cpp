@@ -19,6 +19,7 @@ TORCH_LIBRARY(kkattn_C, m) {
   m.def("build_info() -> str", &build_info);
   m.def("smoother_max_spread() -> float", &kkattn::cpu::smoother_max_spread);
   m.def("half_precision_path(str dtype, int head_dim) -> str", &kkattn::cpu::half_precision_path);
+  m.def("vector_isa() -> str", &kkattn::cpu::vector_isa);
   m.def("smoother_spread(Tensor k, bool prior, int num_prefix_tokens, float scale) -> Tensor");
   m.def(
       "forward(Tensor k, Tensor v, Tensor? sigma, int grid_w, int num_prefix_tokens, float scale, "

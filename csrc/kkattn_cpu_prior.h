@@ -80,6 +80,61 @@ void for_each_prior_run(const Prior& prior, int64_t h, int64_t i0, int64_t rows,
   }
 }
 
+// A strip's keys [j0, j0 + cols) cut at grid-row ends: the runs of keys on one grid row, the same for every
+// query row of a tile, so a tile finds them once (prior_row then needs no division per run).
+struct KeyRun {
+  int64_t b0, b1;    // tile-local columns [b0, b1)
+  int64_t row, col;  // the grid row and the grid column of key b0
+};
+
+// The strip's runs into runs (capacity cols / grid_w + 2); returns how many.  Prefix keys are in none.
+inline int64_t strip_runs(const Prior& prior, int64_t j0, int64_t cols, KeyRun* runs) {
+  int64_t j = std::max(j0, prior.num_prefix), n = 0;
+  if (j >= j0 + cols) return 0;
+  GridPos pj = grid_pos(j, prior.grid_w, prior.num_prefix);
+  while (j < j0 + cols) {
+    const int64_t end = std::min(j0 + cols, j + (prior.grid_w - pj.col));
+    runs[n++] = {j - j0, end - j0, pj.row, pj.col};
+    j = end;
+    pj = {pj.row + 1, 0, true};
+  }
+  return n;
+}
+
+// g[b] = G(i, j0 + b) for the tile's columns b < cols, with runs whose largest entry is negligible (as in
+// for_each_prior_run) and prefix keys as 0.  Returns false, g untouched, when the whole row is negligible
+// (i a prefix token, or every run too far): the caller then adds no prior.
+inline bool prior_row(const Prior& prior, int64_t h, int64_t i, const KeyRun* runs, int64_t n_runs, int64_t cols,
+                      float* g) {
+  if (n_runs == 0) return false;
+  const GridPos pa = grid_pos(i, prior.grid_w, prior.num_prefix);
+  if (!pa.on_grid) return false;
+  const float* g_row = prior.rows(h);
+  const float* g_col = prior.cols(h);
+  const int64_t lo = runs[0].row, hi = runs[n_runs - 1].row;
+  const int64_t gap = pa.row < lo ? lo - pa.row : (pa.row > hi ? pa.row - hi : 0);
+  if (g_row[gap] < kNegligiblePrior) return false;
+  bool any = false;
+  std::fill(g, g + runs[0].b0, 0.f);
+  for (int64_t r = 0; r < n_runs; ++r) {
+    const KeyRun& run = runs[r];
+    const int64_t c1 = run.col + (run.b1 - run.b0);
+    const int64_t dr = pa.row > run.row ? pa.row - run.row : run.row - pa.row;
+    const int64_t nearest = pa.col < run.col ? run.col - pa.col : (pa.col >= c1 ? pa.col - (c1 - 1) : 0);
+    const float w = g_row[dr];
+    float* dst = g + run.b0;
+    if (w * g_col[nearest] < kNegligiblePrior) {
+      std::fill(dst, dst + (run.b1 - run.b0), 0.f);
+      continue;
+    }
+    any = true;
+    const float* profile = prior.profile(h, run.col, pa.col);
+    for (int64_t b = 0; b < run.b1 - run.b0; ++b) dst[b] = w * profile[b];
+  }
+  std::fill(g + runs[n_runs - 1].b1, g + cols, 0.f);
+  return any;
+}
+
 // S[a][b] += G(i0 + a, j0 + b) over the tile.
 void add_prior(float* s, int64_t lds, const Prior& prior, int64_t h, int64_t i0, int64_t rows, int64_t j0,
                int64_t cols) {

@@ -99,10 +99,32 @@ bool brgemm_self_test() {
   }
 }
 
+// Whether element (k, n) of a packed K × N B lies at 16-bit slot ((k/2)·N + n)·2 + k%2 (VNNI pairs of rows), the
+// layout the smoother's epilogue writes its transposed operand in directly (kkattn_cpu_epilogue.h): packs a
+// 64 × 64 B of distinct values and compares slot by slot.  A CPU whose pack lays B out otherwise runs fp32.
+template <typename T>
+bool vnni_layout_ok() {
+  try {
+    const auto dt = c10::CppTypeToScalarType<T>::value;
+    constexpr int64_t K = 64, N = 64;
+    std::vector<T> b(K * N), packed(K * N);
+    for (int64_t i = 0; i < K * N; ++i) b[i] = T(static_cast<float>(i % 251));
+    at::native::cpublas::pack(K, N, N, N, dt, dt, b.data(), packed.data());
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n)
+        if (static_cast<float>(packed[((k / 2) * N + n) * 2 + k % 2]) != static_cast<float>(b[k * N + n])) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 bool half_native_supported(at::ScalarType dt) {
   if (dt != at::kBFloat16 && dt != at::kHalf) return false;
-  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16) && brgemm_self_test<at::BFloat16>();
-  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf) && brgemm_self_test<at::Half>();
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16) && brgemm_self_test<at::BFloat16>() &&
+                           vnni_layout_ok<at::BFloat16>();
+  static const bool fp16 =
+      at::native::cpublas::could_pack(at::kHalf) && brgemm_self_test<at::Half>() && vnni_layout_ok<at::Half>();
   return dt == at::kBFloat16 ? bf16 : fp16;
 }
 
@@ -181,20 +203,31 @@ enum class Role { k, v, dout };
 
 // The tile products' inputs of one (batch, head).  fp32: row-major N × D pointers (plus vt = W·V for the
 // smoother's forward, whose weights are E).  fp16/bf16: the input-dtype rows (A operands) and the packed
-// B operands; the forward's weights are then row-scaled, A_ab = E_ab·W_b/W_a = exp(S_ab − 2c_a) ≤ e^Δ, so
-// each row's diagonal weight is 1 and O' keeps its relative precision (the accumulators are acc/W_i).
+// B operands.  The smoother forward's weights are E_ab·W_b for bf16; for fp16 they are row-scaled,
+// A_ab = E_ab·W_b/W_a = exp(S_ab − 2c_a) ≤ e^Δ, so that each row's diagonal weight is 1 and fits fp16's range
+// (the accumulators are then acc/W_i).
 template <typename T>
 struct Operands {
   static constexpr bool kHalf = true;
+  // fp16's weights are row-scaled (E·W_j/W_i ≤ e^Δ, see kHalfFp16MaxSpread); bf16 has fp32's range and takes the
+  // fp32 path's E·W_j as they are.
+  static constexpr bool kRowScaled = std::is_same_v<T, at::Half>;
   const T *k = nullptr, *v = nullptr, *dout = nullptr;
   PackedB<T> k_tokens, k_rows, v_tokens, v_rows, dout_tokens, dout_rows;
   std::vector<T> tmp;
-  int64_t D = 0;
+  // The forward's Vᵀ (D × ldt, zeros past N): the A operand of the smoother's j-side product.  ldt = N rounded up
+  // to kTile, plus 16: a power-of-two stride would put a C tile's rows in one cache set.
+  std::vector<T> v_t;
+  int64_t D = 0, ldt = 0;
 
   void prepare_forward(const T* k_, const T* v_, int64_t N, int64_t D_) {
     k = k_, v = v_, D = D_;
     k_tokens.pack(k, N, D, false, tmp);
     v_rows.pack(v, N, D, true, tmp);
+    ldt = padded(N) + 16;
+    v_t.assign(D * ldt, T(0.f));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t x = 0; x < D; ++x) v_t[x * ldt + j] = v[j * D + x];
   }
   void prepare_backward(const T* k_, const T* v_, const T* dout_, int64_t N, int64_t D_) {
     k = k_, v = v_, dout = dout_, D = D_;
@@ -212,6 +245,7 @@ struct Operands {
 template <>
 struct Operands<float> {
   static constexpr bool kHalf = false;
+  static constexpr bool kRowScaled = false;
   const float *k = nullptr, *v = nullptr, *dout = nullptr, *vt = nullptr;
   int64_t D = 0;
   const float* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
@@ -222,7 +256,9 @@ template <typename T>
 struct ProductScratch {
   std::vector<float> tr;
   std::vector<T> a;
-  ProductScratch() : tr(kTile * kStrip), a(Operands<T>::kHalf ? kTile * kStrip : 0) {}
+  std::vector<uint32_t> m;  // the smoother epilogue's VNNI operand: kTile / 2 pairs of rows × kStrip
+  ProductScratch()
+      : tr(kTile * kStrip), a(Operands<T>::kHalf ? kTile * kStrip : 0), m(Operands<T>::kHalf ? kTile / 2 * kStrip : 0) {}
 };
 
 // C (M × ldc) = alpha·A_i X_Jᵀ: A = role a's M rows from i0, X = role x's cols tokens from j0.
@@ -292,6 +328,16 @@ template <typename T>
 void accumulate_tn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t i0,
                    float alpha, float* c, ProductScratch<T>& ps) {
   accumulate_tn(o, x, tile, ld, M, K, i0, alpha, nullptr, nullptr, c, ps);
+}
+
+// Cᵀ (D × ldt) columns [j0, j0 + ldm) += V_iᵀ · M: V_iᵀ the forward's Vᵀ from token i0 (D × K, K = rows rounded
+// up to a pair), M the K × ldm VNNI operand the smoother's epilogue writes (pairs of rows in 32-bit slots).
+template <typename T>
+void accumulate_t_vnni(const Operands<T>& o, int64_t i0, int64_t rows, const uint32_t* m, int64_t ldm, float* ct,
+                       int64_t j0) {
+  const int64_t K = (rows + 1) / 2 * 2;
+  at::native::cpublas::brgemm(o.D, ldm, K, o.ldt, ldm, o.ldt, true, o.v_t.data() + i0, reinterpret_cast<const T*>(m),
+                              ct + j0, true);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "kkattn_cpu_epilogue.h"
 #include "kkattn_cpu_prior.h"
 #include "kkattn_cpu_products.h"
 #include "kkattn_cpu_vec.h"
@@ -20,15 +21,17 @@ struct Problem {
   int64_t N, D;
   float scale;
   const Prior* prior;  // null: no prior
+  bool avx512 = vector_isa_avx512();  // the smoother epilogue's instruction set, fixed per call
 };
 
 // Per-thread fp32 scratch for one tile of at most kTile × kStrip (or kStrip × kTile), leading dimension
 // padded(columns).
 struct Scratch {
-  std::vector<float> s, st, p, pt, dp, dpt, ds;
+  std::vector<float> s, st, p, pt, dp, dpt, ds, g;
+  std::vector<KeyRun> runs;  // a strip's key runs (strip_runs): at most kStrip / grid_w + 2
   Scratch()
       : s(kTile * kStrip), st(kTile * kStrip), p(kTile * kStrip), pt(kTile * kStrip), dp(kTile * kStrip),
-        dpt(kTile * kStrip), ds(kTile * kStrip) {}
+        dpt(kTile * kStrip), ds(kTile * kStrip), g(kStrip), runs(kStrip + 2) {}
 };
 
 void transpose(float* dst, const float* src, int64_t rows, int64_t cols) {  // src rows × cols → dst cols × rows
@@ -66,13 +69,15 @@ constexpr float kSmootherMaxSpread = 48.f;
 // c_i = scale·‖k_i‖²/2 + g_i/2 for one (batch, head) into c[N]; returns the spread max c − min c
 // (NaN or +inf for non-finite keys, which then take the online path).
 // first_on_grid: the first token with a prior (N when there is none).
-float smoother_shifts(const float* k, int64_t N, int64_t D, float scale, int64_t first_on_grid, float* c) {
+// Keys in any input dtype (the half path reads them as given: their fp32 values are exact).
+template <typename T>
+float smoother_shifts(const T* k, int64_t N, int64_t D, float scale, int64_t first_on_grid, float* c) {
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (int64_t i = 0; i < N; ++i) {
-    const float* ki = k + i * D;
+    const T* ki = k + i * D;
     float sq = 0.f;
 #pragma omp simd reduction(+ : sq)
-    for (int64_t x = 0; x < D; ++x) sq += ki[x] * ki[x];
+    for (int64_t x = 0; x < D; ++x) sq += static_cast<float>(ki[x]) * static_cast<float>(ki[x]);
     c[i] = 0.5f * scale * sq + (i >= first_on_grid ? 0.5f : 0.f);
     lo = std::min(lo, c[i]);
     hi = std::max(hi, c[i]);
@@ -86,12 +91,13 @@ bool smoother_applies(float spread) { return spread <= kSmootherMaxSpread; }  //
 // One (batch, head)'s smoother state: c (N), W = exp(c − c_max) (N), and either Ṽ = W·V (N × D,
 // forward) or r = exp(c + c_max − lse) (N, backward).
 struct Smoother {
-  std::vector<float> c, w, vt, r, iw;  // iw = 1/W (the half path's row scaling)
+  std::vector<float> c, w, vt, r, iw;  // iw = 1/W (fp16's row scaling)
   float c_max = 0.f, spread = 0.f;
   bool on = false;
 
   // Sets `on` and, when it is, c, W and c_max.
-  void prepare(const Problem& pb, const float* k) {
+  template <typename T>
+  void prepare(const Problem& pb, const T* k) {
     c.resize(pb.N);
     w.resize(pb.N);
     const int64_t first_on_grid = pb.prior ? pb.prior->num_prefix : pb.N;
@@ -101,8 +107,8 @@ struct Smoother {
     c_max = *std::max_element(c.begin(), c.end());
     for (int64_t j = 0; j < pb.N; ++j) w[j] = std::exp(c[j] - c_max);
   }
-  // After prepare, when on: the forward's weights.  row_scaled: the half path's E·W_b/W_a (iw), else the
-  // fp32 path's E with Ṽ = W·V (vt).
+  // After prepare, when on: the forward's weights.  row_scaled (fp16): 1/W (iw) for E·W_b/W_a; else with v (fp32)
+  // Ṽ = W·V (vt); bf16 needs neither.
   void prepare_weights(const Problem& pb, const float* v, bool row_scaled) {
     if (!on) return;
     if (row_scaled) {
@@ -110,6 +116,7 @@ struct Smoother {
       for (int64_t j = 0; j < pb.N; ++j) iw[j] = std::exp(c_max - c[j]);
       return;
     }
+    if (v == nullptr) return;
     vt.resize(pb.N * pb.D);
     for (int64_t j = 0; j < pb.N; ++j)
       for (int64_t x = 0; x < pb.D; ++x) vt[j * pb.D + x] = w[j] * v[j * pb.D + x];
@@ -124,36 +131,44 @@ struct Smoother {
 };
 
 // Smoother forward tile: rows i's off-diagonal sums l_i += E_ij W_j and acc_i (ri × D) += E_ij W_j V_j, and
-// with both_sides l_j += E_ijᵀ W_i and acc_j += E_ijᵀ W_i V_i.  On the diagonal tile E_ii is left out: the caller
-// adds the diagonal term apart (for O' and p_off).  fp32 multiplies E by Ṽ = W·V; fp16/bf16 by V with the
-// row-scaled weights E·W_j/W_i, so their l and acc are divided by W_i (Operands, kkattn_cpu_products.h).
+// with both_sides l_j += E_ijᵀ W_i and the j-side's acc += E_ijᵀ W_i V_i.  On the diagonal tile E_ii is left out:
+// the caller adds the diagonal term apart (for O' and p_off).  fp32 multiplies E by Ṽ = W·V, and acc_j is rows
+// j's accumulator (rj × D); fp16/bf16 multiply their weights by V (fp16's row-scaled, E·W_j/W_i, so that its l and
+// acc are divided by W_i: Operands, kkattn_cpu_products.h), and acc_j is the transposed accumulator of all N rows
+// (D × ldt, Operands::ldt), which the j-side product writes without a transpose.  The elementwise work between
+// the products is one pass (kkattn_cpu_epilogue.h).
 template <typename T>
 void smoother_forward_tile(const Problem& pb, int64_t h, const Operands<T>& ops, const Smoother& sm, int64_t i0,
                            int64_t ri, int64_t j0, int64_t rj, bool both_sides, float* l_i, float* acc_i, float* l_j,
                            float* acc_j, Scratch& w, ProductScratch<T>& ps) {
-  constexpr bool row_scaled = Operands<T>::kHalf;
+  constexpr bool half = Operands<T>::kHalf, row_scaled = Operands<T>::kRowScaled;
   const int64_t ld = padded(rj);
-  float* e = w.s.data();
-  logits(pb, h, ops, i0, ri, j0, rj, e, ld);
-  if (i0 == j0)
-    for (int64_t a = 0; a < ri; ++a) e[a * ld + a] = -std::numeric_limits<float>::infinity();  // exp → 0
-  float* colsum = row_scaled ? w.p.data() : l_j;  // rows j's Σ_a E_ab W_a, unscaled
-  if (row_scaled && both_sides) std::fill(colsum, colsum + rj, 0.f);
-  for (int64_t a = 0; a < ri; ++a) {
-    float* row = e + a * ld;
-    const float sum = both_sides ? exp_pair_both(row, sm.c[i0 + a], sm.c.data() + j0, sm.w.data() + j0, sm.w[i0 + a],
-                                                 colsum, rj)
-                                 : exp_pair_row(row, sm.c[i0 + a], sm.c.data() + j0, sm.w.data() + j0, rj);
-    l_i[a] += row_scaled ? sum * sm.iw[i0 + a] : sum;
+  float* s = w.s.data();
+  product_nt(ops, Role::k, Role::k, i0, ri, j0, rj, 1.f, s, ld);  // K_i K_Jᵀ; the epilogue scales it
+  Epilogue t{};
+  t.avx512 = pb.avx512;
+  t.s = s, t.ld = ld, t.i0 = i0, t.ri = ri, t.j0 = j0, t.rj = rj;
+  t.diagonal = i0 == j0, t.both_sides = both_sides, t.scale = pb.scale, t.h = h;
+  if (pb.prior) {
+    const int64_t gap = min_row_gap(i0, i0 + ri, j0, j0 + rj, pb.prior->grid_w, pb.prior->num_prefix);
+    if (gap >= 0 && pb.prior->rows(h)[gap] >= kNegligiblePrior) {  // else the whole tile has no prior
+      t.prior = pb.prior;
+      t.runs = w.runs.data();
+      t.n_runs = strip_runs(*pb.prior, j0, rj, w.runs.data());
+      t.g = w.g.data();
+    }
   }
-  if constexpr (row_scaled) {
-    accumulate_nn(ops, Role::v, e, ld, ri, rj, j0, 1.f, sm.w.data() + j0, sm.iw.data() + i0, acc_i, ps);
-    if (!both_sides) return;
-    for (int64_t b = 0; b < rj; ++b) l_j[b] += colsum[b] * sm.iw[j0 + b];
-    accumulate_tn(ops, Role::v, e, ld, ri, rj, i0, 1.f, sm.w.data() + i0, sm.iw.data() + j0, acc_j, ps);
+  t.c = sm.c.data(), t.w = sm.w.data(), t.iw = row_scaled ? sm.iw.data() : nullptr;
+  t.row_sum = l_i, t.col_sum = l_j;
+  if constexpr (half) {
+    t.a = ps.a.data(), t.lda = ld, t.m = ps.m.data(), t.ldm = ld;
+    epilogue(T{}, t);
+    brgemm_rows(ri, ld, ps.a.data(), ops.packed_rows(Role::v), j0, acc_i);
+    if (both_sides) accumulate_t_vnni(ops, i0, ri, ps.m.data(), ld, acc_j, j0);
   } else {
-    accumulate_nn(ops, sm.vt.data(), e, ld, ri, rj, j0, 1.f, acc_i, ps);
-    if (both_sides) accumulate_tn(ops, sm.vt.data(), e, ld, ri, rj, i0, 1.f, acc_j, ps);
+    epilogue(T{}, t);
+    accumulate_nn(ops, sm.vt.data(), s, ld, ri, rj, j0, 1.f, acc_i, ps);
+    if (both_sides) accumulate_tn(ops, sm.vt.data(), s, ld, ri, rj, i0, 1.f, acc_j, ps);
   }
 }
 

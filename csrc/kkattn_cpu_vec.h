@@ -13,6 +13,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__x86_64__) || defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
 #include "kkattn_math.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -30,6 +34,20 @@ namespace {
 // on Zen 4 that halved the smoother's exp pass against 8 lanes (11.5% → 4.8% of a 32×32 forward).  Inputs below
 // −87.3 give exactly 0 (no denormals): a saturated softmax row must be exactly one-hot, or its
 // ~1e-38 leftovers, times keys of 1e4, show up in dK where the true gradient is 0.
+// Flushes denormal results to zero and reads denormal inputs as zero (MXCSR's FTZ and DAZ bits) for one kernel
+// thread's work, and restores the caller's mode.  Every denormal the kernels could form is a weight, a prior
+// entry or a product of them below 2^-126: far under the rounding of the sums they enter (each row's diagonal
+// weight is ≥ e^-48), so the results do not change; but each denormal operand costs a microcode assist of
+// ~100 cycles, and the far prior entries and e·W products of the peaked regime formed them by the thousand per tile
+// (the smoother's epilogue ran 4× slower for it).
+struct FlushDenormals {
+#if defined(__x86_64__) || defined(__SSE__)
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ (bit 15) | DAZ (bit 6)
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
@@ -144,40 +162,6 @@ KKATTN_CLONES void exp_centered(float* __restrict e, const float* __restrict s, 
   for (; j < n; ++j) e[j] = exp_approx(s[j] - c_a - c_j[j]);
 }
 
-// The same for the forward, in place over one row of logits e: returns the row's Σ_b e[b]·w_j[b]
-// (its share of l_a) and, with kCols, adds e[b]·w_a to colsum[b] (the columns' shares of their l).
-template <bool kCols>
-__attribute__((always_inline)) inline float exp_pair_body(float* e, float c_a, const float* __restrict c_j,
-                                                          const float* __restrict w_j, float w_a,
-                                                          float* __restrict colsum, int64_t n) {
-  v16f acc = {};
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const v16f x = exp_poly<v16f, v16i>(load<v16f>(e + j) - c_a - load<v16f>(c_j + j));
-    store<v16f>(e + j, x);
-    acc += x * load<v16f>(w_j + j);
-    if constexpr (kCols) store<v16f>(colsum + j, load<v16f>(colsum + j) + x * w_a);
-  }
-  float sum = 0.f;
-  for (int lane = 0; lane < 16; ++lane) sum += acc[lane];
-  for (; j < n; ++j) {
-    e[j] = exp_approx(e[j] - c_a - c_j[j]);
-    sum += e[j] * w_j[j];
-    if constexpr (kCols) colsum[j] += e[j] * w_a;
-  }
-  return sum;
-}
-
-KKATTN_CLONES float exp_pair_row(float* e, float c_a, const float* __restrict c_j, const float* __restrict w_j,
-                                 int64_t n) {
-  return exp_pair_body<false>(e, c_a, c_j, w_j, 0.f, nullptr, n);
-}
-
-KKATTN_CLONES float exp_pair_both(float* e, float c_a, const float* __restrict c_j, const float* __restrict w_j,
-                                  float w_a, float* __restrict colsum, int64_t n) {
-  return exp_pair_body<true>(e, c_a, c_j, w_j, w_a, colsum, n);
-}
-
 // p[b] = e[b]·(r_a·W[b]) and pt[b] = e[b]·(W_a·r[b]): P_iJ and P_Jiᵀ from one row of E.
 KKATTN_CLONES void scale_pair(float* __restrict p, float* __restrict pt, const float* __restrict e, float r_a,
                               float w_a, const float* __restrict w, const float* __restrict r, int64_t n) {
@@ -224,8 +208,9 @@ void scaled_half_row(at::Half* __restrict dst, const float* __restrict e, const 
 #define KKATTN_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
 #endif
 
-// dst (cols × ldd) = srcᵀ of src (rows × lds), rows and cols multiples of 8, in 8×8 blocks of register
-// shuffles (unpack, shuffle, lane permute on AVX2/AVX-512).
+// dst (cols × ldd) = srcᵀ of src (rows × lds) (kAdd: dst += srcᵀ), rows and cols multiples of 8, in 8×8 blocks of
+// register shuffles (unpack, shuffle, lane permute on AVX2/AVX-512).
+template <bool kAdd>
 __attribute__((always_inline)) inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
   v8f r[8], t[8], u[8];
   for (int q = 0; q < 8; ++q) r[q] = load<v8f>(src + q * lds);
@@ -240,14 +225,26 @@ __attribute__((always_inline)) inline void transpose8x8(const float* src, int64_
     }
   // u[0..3]: columns {0,1}, {2,3}... of rows 0–3 in low/high halves; u[4..7] the same for rows 4–7.
   for (int q = 0; q < 4; ++q) {  // u[q] and u[q + 4] hold columns q and q + 4
-    store<v8f>(dst + q * ldd, KKATTN_SHUFFLE8(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-    store<v8f>(dst + (q + 4) * ldd, KKATTN_SHUFFLE8(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    v8f lo = KKATTN_SHUFFLE8(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    v8f hi = KKATTN_SHUFFLE8(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    if constexpr (kAdd) {
+      lo += load<v8f>(dst + q * ldd);
+      hi += load<v8f>(dst + (q + 4) * ldd);
+    }
+    store<v8f>(dst + q * ldd, lo);
+    store<v8f>(dst + (q + 4) * ldd, hi);
   }
 }
 
 KKATTN_CLONES void transpose_tile(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
   for (int64_t a = 0; a < rows; a += 8)
-    for (int64_t b = 0; b < cols; b += 8) transpose8x8(src + a * lds + b, lds, dst + b * ldd + a, ldd);
+    for (int64_t b = 0; b < cols; b += 8) transpose8x8<false>(src + a * lds + b, lds, dst + b * ldd + a, ldd);
+}
+
+KKATTN_CLONES void transpose_add_tile(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,
+                                      int64_t ldd) {
+  for (int64_t a = 0; a < rows; a += 8)
+    for (int64_t b = 0; b < cols; b += 8) transpose8x8<true>(src + a * lds + b, lds, dst + b * ldd + a, ldd);
 }
 
 }  // namespace

@@ -182,7 +182,8 @@ class _CompiledCPU(_Deferred):
             return f"{name} {path} ({why})"
 
         halves = ", ".join(half(name, dt) for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)))
-        return BackendStatus(self.name, True, f"{status.detail}; half precision: {halves}")
+        isa = self._impl().vector_isa()
+        return BackendStatus(self.name, True, f"{status.detail}; half precision: {halves}; vector code: {isa}")
 
 
 class _CompiledCUDA(_Deferred):

@@ -70,6 +70,13 @@ def half_precision_path(dtype: torch.dtype, head_dim: int) -> str:
     return torch.ops.kkattn_C.half_precision_path(str(dtype).removeprefix("torch."), head_dim)
 
 
+def vector_isa() -> str:
+    """The instruction set of the smoother's one-pass epilogue (csrc/kkattn_cpu_epilogue.h): ``"avx512-bf16"``
+    where the CPU has AVX-512 with BF16, else ``"generic"`` (portable vectors; also forced by
+    ``KKATTN_CPU_ISA=generic``)."""
+    return torch.ops.kkattn_C.vector_isa()
+
+
 def smoother_path(k: Tensor, has_prior: bool, num_prefix_tokens: int, scale: float) -> str:
     """Which forward/backward path the kernel takes for these keys: ``"smoother"`` (every (batch,
     head) within the smoother's range), ``"online"`` (none: the online-softmax fallback) or

@@ -38,11 +38,24 @@ def test_each_half_precision_path_matches_the_oracle(mode, dtype, case, monkeypa
     check_backend(case, "cpu", "cpu", dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_the_generic_vector_code_matches_the_oracle(dtype, case, monkeypatch):
+    """KKATTN_CPU_ISA=generic: the smoother's one-pass epilogue in portable vectors, what CPUs without AVX-512-BF16
+    run (elsewhere the tests take the AVX-512 code where the CPU has it)."""
+    monkeypatch.setenv("KKATTN_CPU_ISA", "generic")
+    if dtype != torch.float32:
+        path_or_skip("native", dtype, case.head_dim, monkeypatch)
+    check_backend(case, "cpu", "cpu", dtype)
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_the_native_forward_accumulates_in_fp32(dtype, monkeypatch):
+def test_the_native_forward_accumulates_in_fp32(dtype, isa, monkeypatch):
     """Nearly uniform rows over V = 1 (exact in every dtype): O = 1 exactly. The weights' own rounding averages
     out over the row (~eps/√N), but a running sum rounded to the dtype even once per tile is off by ~eps, so
     the fp32 accumulators (before the output's rounding) must stay within a twentieth of eps."""
+    monkeypatch.setenv("KKATTN_CPU_ISA", isa)
     path_or_skip("native", dtype, 64, monkeypatch)
     k = (torch.randn(1, 4, 1024, 64) * 0.1).to(dtype)
     out32, *_ = cpu.forward(k, torch.ones_like(k), torch.full((4,), 2.0), 32, 0, 64 ** -0.5, False)
@@ -55,3 +68,4 @@ def test_paths_are_reported():
     assert cpu.half_precision_path(torch.bfloat16, 24) == "upcast"  # the native path takes D = 16, 32, 48, ...
     detail = str(kkattn.available_backends()["cpu"])
     assert "half precision: bf16 " in detail and "fp16 " in detail
+    assert cpu.vector_isa() in ("avx512-bf16", "generic") and f"vector code: {cpu.vector_isa()}" in detail
