@@ -144,7 +144,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
     int64_t prepared = -1;        // the (batch, head) sm holds: a thread's row-block items come in head order
     bool half_on = false;         // that (batch, head)'s smoother runs its products in fp16/bf16
     const float *kbh = nullptr, *vbh = nullptr;  // its fp32 keys and values (unless half_on)
-    const int64_t span = pairs ? padded(N) : kTile;  // rows whose running state one item holds
+    const int64_t span = pairs ? N : kTile;  // rows whose running state one item holds
     std::vector<float> m(span), l(span), d(span), acc(span * D), acc_t;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
@@ -208,7 +208,7 @@ void forward(const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional
               });
             }
             if constexpr (Operands<T>::kHalf)  // acc += acc_tᵀ, in 8 × 8 blocks (acc has padded(N) rows)
-              transpose_add_tile(acc_t.data(), D, padded(N), ops.ldt, acc.data(), D);
+              transpose_add(acc_t.data(), ops.ldt, D, N, acc.data(), D);
           } else {
             for_each_strip(first_row, last_row - first_row, 0, N, [&](int64_t j0, int64_t rj) {
               smoother_forward_tile(pb, h, ops, sm, first_row, last_row - first_row, j0, rj, false, l.data(),
@@ -272,22 +272,20 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
               double scale_d, bool need_dsigma, at::Tensor& dk, at::Tensor& dv, at::Tensor& dsigma) {
   check_inputs(k_in, v_in, sigma, grid_w, num_prefix);
   TORCH_CHECK(dout_in.sizes() == k_in.sizes(), "kkattn cpu kernel: dout must have k's shape");
-  const auto k = k_in.to(at::kFloat).contiguous();
-  const auto v = v_in.to(at::kFloat).contiguous();
-  const auto dout = dout_in.to(at::kFloat).contiguous();
+  const int64_t B = k_in.size(0), H = k_in.size(1), N = k_in.size(2), D = k_in.size(3);
   const auto dtype = k_in.scalar_type();
-  const bool half = dout_in.scalar_type() == dtype && half_path(dtype, k_in.size(3)) == "native";
-  const auto kh = half ? k_in.contiguous() : at::Tensor(), vh = half ? v_in.contiguous() : at::Tensor();
-  const auto doh = half ? dout_in.contiguous() : at::Tensor();
+  // As in the forward: native reads k, v, dout as given and converts a head to fp32 only where it leaves the smoother.
+  const bool native = dout_in.scalar_type() == dtype && half_path(dtype, D) == "native";
+  const auto as_input = [&](const at::Tensor& t) { return native ? t.contiguous() : t.to(at::kFloat).contiguous(); };
+  const auto k = as_input(k_in), v = as_input(v_in), dout = as_input(dout_in);
   const auto row_stat = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.sizes() == k_in.sizes().slice(0, 3), "kkattn cpu kernel: ", name, " must be (B, H, N)");
     return t.to(at::kFloat).contiguous();
   };
   const auto lse = row_stat(lse_in, "lse"), delta = row_stat(delta_in, "delta");
   const auto delta_diag = row_stat(delta_diag_in, "delta_diag"), p_diag = row_stat(p_diag_in, "p_diag");
-  const int64_t B = k.size(0), H = k.size(1), N = k.size(2), D = k.size(3);
-  check_output(dk, k.sizes(), "dk");
-  check_output(dv, k.sizes(), "dv");
+  check_output(dk, k_in.sizes(), "dk");
+  check_output(dv, k_in.sizes(), "dv");
   check_output(dsigma, {H}, "dsigma");
   need_dsigma = need_dsigma && sigma.has_value();
   const Prior prior = sigma.has_value() ? make_prior(*sigma, N, grid_w, num_prefix) : Prior{};
@@ -296,7 +294,9 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
   const bool pairs = use_pairs(B * H);
   const int64_t items = pairs ? B * H : B * H * n_blocks;
   std::vector<double> dsigma_part(need_dsigma ? items : 0, 0.0);
-  const float *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *dop = dout.data_ptr<float>();
+  const int64_t head_bytes = N * D * k.element_size();
+  const char *kraw = static_cast<const char*>(k.data_ptr()), *vraw = static_cast<const char*>(v.data_ptr());
+  const char* draw = static_cast<const char*>(dout.data_ptr());
   const float *lp = lse.data_ptr<float>(), *deltap = delta.data_ptr<float>();
   const float *ddp = delta_diag.data_ptr<float>(), *pdp = p_diag.data_ptr<float>();
   float *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
@@ -306,56 +306,90 @@ void backward(const at::Tensor& dout_in, const at::Tensor& k_in, const at::Tenso
     Scratch w;
     Smoother sm;
     ProductScratch<float> ps_fp32;
-    ProductScratch<at::BFloat16> ps_bf16;
-    ProductScratch<at::Half> ps_fp16;
-    Operands<at::BFloat16> ops_bf16;
-    Operands<at::Half> ops_fp16;
-    int64_t prepared = -1;  // as in the forward
+    std::tuple<ProductScratch<at::BFloat16>, ProductScratch<at::Half>> ps_half;
+    std::tuple<Operands<at::BFloat16>, Operands<at::Half>> ops_half;
+    std::vector<float> k32, v32, d32;  // native: fp32 copies of a head outside the smoother
+    std::vector<float> dk_t, dv_t;     // native: the J sides' dK, dV transposed (D × ldt)
+    int64_t prepared = -1;             // as in the forward
     bool half_on = false;
+    const float *kbh = nullptr, *vbh = nullptr, *dbh = nullptr;  // the head's fp32 inputs (unless half_on)
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = pairs ? item : item / n_blocks, h = bh % H;
       const int64_t off = bh * N * D;
+      const void *kh = kraw + bh * head_bytes, *vh = vraw + bh * head_bytes, *dh = draw + bh * head_bytes;
       const RowStats st{lp + bh * N, deltap + bh * N, ddp + bh * N, pdp + bh * N};
       if (bh != prepared) {
-        sm.prepare_backward(pb, kp + off, st.lse);
-        // The backward's weights are fp32 until they enter a product (P ≤ 1): every dtype within the smoother's range.
-        half_on = half && sm.on;
-        if (half_on && dtype == at::kBFloat16)
-          ops_bf16.prepare_backward(kh.data_ptr<at::BFloat16>() + off, vh.data_ptr<at::BFloat16>() + off,
-                                    doh.data_ptr<at::BFloat16>() + off, N, D);
-        else if (half_on)
-          ops_fp16.prepare_backward(kh.data_ptr<at::Half>() + off, vh.data_ptr<at::Half>() + off,
-                                    doh.data_ptr<at::Half>() + off, N, D);
+        if (native) {
+          with_half_type(dtype, [&]<typename T>(T) {
+            sm.prepare_backward(pb, static_cast<const T*>(kh), st.lse);
+            // The backward's weights are fp32 until they enter a product (P ≤ 1): every dtype within the smoother's
+            // range.
+            half_on = sm.on;
+            if (half_on) {
+              std::get<Operands<T>>(ops_half).prepare_backward(static_cast<const T*>(kh), static_cast<const T*>(vh),
+                                                               static_cast<const T*>(dh), N, D);
+              return;
+            }
+            for (auto [src, dst] : {std::pair{kh, &k32}, {vh, &v32}, {dh, &d32}}) {
+              dst->resize(N * D);
+              std::copy(static_cast<const T*>(src), static_cast<const T*>(src) + N * D, dst->begin());
+            }
+            kbh = k32.data(), vbh = v32.data(), dbh = d32.data();
+          });
+        } else {
+          kbh = static_cast<const float*>(kh), vbh = static_cast<const float*>(vh), dbh = static_cast<const float*>(dh);
+          sm.prepare_backward(pb, kbh, st.lse);
+          half_on = false;
+        }
         prepared = bh;
       }
       double dsig = 0.0;
-      const auto run = [&]<typename T>(const Operands<T>& ops, ProductScratch<T>& ps) {
-        const auto tile = [&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
-          dsig += backward_tile(pb, h, ops, st, sm, i0, ri, j0, rj, both_sides, need_dsigma, dkp + off, dvp + off, w, ps);
-        };
-        if (pairs) {  // this item owns all of (b, h)'s dK and dV
-          std::fill(dkp + off, dkp + off + N * D, 0.f);
-          std::fill(dvp + off, dvp + off + N * D, 0.f);
+      // pairs: this item owns all of (b, h)'s dK and dV; rows: key block J's rows, against strips of rows i.
+      const int64_t j_first = pairs ? 0 : (item % n_blocks) * kTile, j_rows = pairs ? N : std::min(kTile, N - j_first);
+      std::fill(dkp + off + j_first * D, dkp + off + (j_first + j_rows) * D, 0.f);
+      std::fill(dvp + off + j_first * D, dvp + off + (j_first + j_rows) * D, 0.f);
+      const auto schedule = [&](auto&& tile) {
+        if (pairs) {
           for (int64_t i0 = 0; i0 < N; i0 += kTile) {
             const int64_t ri = std::min(kTile, N - i0);
             for_each_strip(i0, ri, i0, N, [&](int64_t j0, int64_t rj) { tile(i0, ri, j0, rj, j0 != i0); });
           }
-        } else {  // this item owns key block J's rows of dK and dV, against strips of rows i
-          const int64_t j0 = (item % n_blocks) * kTile, rj = std::min(kTile, N - j0);
-          std::fill(dkp + off + j0 * D, dkp + off + (j0 + rj) * D, 0.f);
-          std::fill(dvp + off + j0 * D, dvp + off + (j0 + rj) * D, 0.f);
-          for_each_strip(j0, rj, 0, N, [&](int64_t i0, int64_t ri) { tile(i0, ri, j0, rj, false); });
+        } else {
+          for_each_strip(j_first, j_rows, 0, N, [&](int64_t i0, int64_t ri) { tile(i0, ri, j_first, j_rows, false); });
         }
       };
-      if (half_on && dtype == at::kBFloat16)
-        run(ops_bf16, ps_bf16);
-      else if (half_on)
-        run(ops_fp16, ps_fp16);
-      else
-        run(Operands<float>{kp + off, vp + off, dop + off, nullptr, D}, ps_fp32);
+      if (half_on) {
+        with_half_type(dtype, [&]<typename T>(T) {
+          const Operands<T>& ops = std::get<Operands<T>>(ops_half);
+          ProductScratch<T>& ps = std::get<ProductScratch<T>>(ps_half);
+          // Zeroed where this item writes: all columns (pairs) or block J's.
+          dk_t.resize(std::max<size_t>(dk_t.size(), D * ops.ldt));
+          dv_t.resize(dk_t.size());
+          const int64_t cols = pairs ? ops.ldt : padded(j_rows);
+          for (int64_t x = 0; x < D; ++x) {
+            std::fill_n(dk_t.data() + x * ops.ldt + j_first, cols, 0.f);
+            std::fill_n(dv_t.data() + x * ops.ldt + j_first, cols, 0.f);
+          }
+          schedule([&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
+            dsig += backward_tile(pb, h, ops, st, sm, i0, ri, j0, rj, both_sides, need_dsigma, dkp + off, dvp + off,
+                                  dk_t.data(), dv_t.data(), w, ps);
+          });
+          // The J sides, transposed back: rows j_first .. j_first + j_rows.
+          transpose_add(dk_t.data() + j_first, ops.ldt, D, j_rows, dkp + off + j_first * D, D);
+          transpose_add(dv_t.data() + j_first, ops.ldt, D, j_rows, dvp + off + j_first * D, D);
+        });
+      } else {
+        const Operands<float> ops{kbh, vbh, dbh, nullptr, D};
+        schedule([&](int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides) {
+          dsig += sm.on ? backward_tile(pb, h, ops, st, sm, i0, ri, j0, rj, both_sides, need_dsigma, dkp + off,
+                                        dvp + off, nullptr, nullptr, w, ps_fp32)
+                        : online_backward_tile(pb, h, ops, st, i0, ri, j0, rj, both_sides, need_dsigma, dkp + off,
+                                               dvp + off, w, ps_fp32);
+        });
+      }
       if (need_dsigma) dsigma_part[item] = dsig;
     }
-    if (half) at::native::cpublas::brgemm_release();
+    if (native) at::native::cpublas::brgemm_release();
   });
 
   dsigma.zero_();

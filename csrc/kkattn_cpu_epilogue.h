@@ -1,6 +1,7 @@
-// The smoother forward's epilogue: all the elementwise work of one tile between its two products, in one
-// pass over the logits.  Internal to csrc/kkattn_cpu.cpp.
+// The smoother's epilogues: all the elementwise work of one tile between its products, in one pass over the
+// logits, forward and backward.  Internal to csrc/kkattn_cpu.cpp.
 //
+// Forward.
 // For the tile's logits s = K_i K_Jᵀ (unscaled, fp32) it forms E_ab = exp(scale·s_ab + G_ab − c_a − c_b), one exp
 // per pair (kkattn_cpu_tiles.h, "the smoother"), with the prior G_ab built per row from the strip's key runs
 // (kkattn_cpu_prior.h), and writes what the second products read:
@@ -12,6 +13,17 @@
 //    1/W_b: Operands::kRowScaled) to stay within its range.
 // So the scale, the prior's axpy runs, the exps, the rounding and the transposed operand are one read of s: they
 // were five passes and a transpose.
+//
+// Backward.  From s, dP = dO_i V_Jᵀ and dP_Jiᵀ = V_i dO_Jᵀ it forms P_iJ, P_Jiᵀ (one exp for both), dS and
+// T = dS_iJ + dS_Jiᵀ, and writes fp32 P (and P_Jiᵀ) and T over s, or for fp16/bf16 P and scale·T as the VNNI B
+// operands of dV_Jᵀ += dO_iᵀ·P and dK_Jᵀ += K_iᵀ·(scale·T), with both sides also P_Jiᵀ and scale·T as the A rows of
+// dV_i += P_Jiᵀ·dO_J and dK_i += (scale·T)·K_J; dσ's operand in fp32 when asked.  On the diagonal tile P_ii is the
+// forward's and dS_ii = −P_ii·δ'_i (patch_diagonal).
+//
+// The rows are written once (kkattn_cpu_epilogue_body.h) over two vector policies: portable GCC vectors
+// (target_clones: AVX-512F, AVX2, x86-64) and AVX-512-BF16 intrinsics, where the CPU has them, with the exp
+// ending in one vscalefps instead of integer exponent arithmetic and a select, bf16 rounding in one vcvtneps2bf16
+// instead of eleven integer operations, and masked row tails.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -55,7 +67,30 @@ struct Epilogue {
   int64_t ldm;
 };
 
+struct BackwardEpilogue {
+  bool avx512;
+  float* s;  // as in Epilogue; becomes T (fp32)
+  int64_t ld, i0, ri, j0, rj;
+  bool diagonal, both_sides;
+  float scale;
+  const Prior* prior;
+  int64_t h;
+  const KeyRun* runs;
+  int64_t n_runs;
+  float* g;
+  const float *c, *w, *r;                      // the head's c, W and r = exp(c + c_max − lse), by token
+  const float *delta, *delta_diag, *p_diag;    // δ, δ' and the forward's P_ii, by token
+  const float *dp, *dpt;                       // dP_iJ and dP_Jiᵀ, ri × rj (ld)
+  float* sig;                                  // dσ wanted: T (both sides) or dS_iJ, fp32 (ld); else null
+  float *p, *pt;                               // fp32: P_iJ and (both sides) P_Jiᵀ (ld)
+  uint32_t *p_vnni, *t_vnni;                   // half: P and scale·T in VNNI pairs of rows (ldm)
+  int64_t ldm;
+  void *pt_rows, *t_rows;                      // half, both sides: P_Jiᵀ and scale·T as A rows (lda)
+  int64_t lda;
+};
+
 typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
 
 // x rounded to bf16 (nearest even; finite x), its bits in the high half of each 32-bit lane, the low half zero.
 __attribute__((always_inline)) inline v16u bf16_high(v16f x) {
@@ -72,209 +107,190 @@ __attribute__((always_inline)) inline uint16_t half_bits(float x) {
   return bits;
 }
 
-// Before row a: leaves the diagonal out (E_aa = 0, added apart) and builds the row's prior in g; false when it has
-// none.
-inline bool start_row(const Epilogue& t, int64_t a) {
+// Before row a: leaves the diagonal out (E_aa = 0: the forward adds it apart, the backward patches it) and builds
+// the row's prior in g; false when it has none.
+template <typename E>
+inline bool start_row(const E& t, int64_t a) {
   if (t.diagonal) t.s[a * t.ld + a] = -std::numeric_limits<float>::infinity();
   return t.prior && prior_row(*t.prior, t.h, t.i0 + a, t.runs, t.n_runs, t.rj, t.g);
 }
 
-// With an odd row count, M's last pair has no second row: zeros in its high halves.
-inline void zero_missing_partner(const Epilogue& t) {
-  if (t.ri % 2 == 0) return;
-  uint32_t* mrow = t.m + (t.ri / 2) * t.ldm;
-  for (int64_t b = 0; b < t.ldm; ++b) mrow[b] &= 0xFFFFu;
+// The rows were written in whole 16-lane steps (zeros past rj): zeros from there to the padded widths, for an A row
+// (row, may be null) and, on even rows, a VNNI row pair (pairs, may be null).
+template <typename T>
+inline void pad_row(T* row, int64_t lda, uint32_t* pairs, int64_t ldm, bool odd, int64_t rj) {
+  const int64_t done = (rj + 15) / 16 * 16;
+  if (row) std::fill(row + std::min(done, lda), row + lda, T(0.f));
+  if (pairs && !odd) std::fill(pairs + std::min(done, ldm), pairs + ldm, 0u);
 }
 
-// Row a of the tile; kPrior: g holds its prior row.
-template <typename T, bool kPrior, bool kBoth>
-__attribute__((always_inline)) inline void epilogue_row(const Epilogue& t, int64_t a) {
-  constexpr bool kHalf = !std::is_same_v<T, float>, kRowScaled = std::is_same_v<T, at::Half>;
-  float* s = t.s + a * t.ld;
-  const float* g = t.g;
-  const float c_a = t.c[t.i0 + a], w_a = t.w[t.i0 + a];
-  const float iw_a = kRowScaled ? t.iw[t.i0 + a] : 1.f;
-  const float *c_j = t.c + t.j0, *w_j = t.w + t.j0, *iw_j = kRowScaled ? t.iw + t.j0 : nullptr;
-  T* arow = kHalf ? static_cast<T*>(t.a) + a * t.lda : nullptr;
-  uint32_t* mrow = kHalf && kBoth ? t.m + (a / 2) * t.ldm : nullptr;
-  const bool odd = a % 2 == 1;
-  float* col = t.col_sum;
-  v16f acc = {};
-  int64_t b = 0;
-  for (; b + 16 <= t.rj; b += 16) {
-    v16f x = load<v16f>(s + b) * t.scale;
-    if constexpr (kPrior) x += load<v16f>(g + b);
-    const v16f e = exp_poly<v16f, v16i>(x - c_a - load<v16f>(c_j + b));
-    const v16f ew = e * load<v16f>(w_j + b);
-    acc += ew;
-    if constexpr (!kHalf) {
-      store<v16f>(s + b, e);
-      if constexpr (kBoth) store<v16f>(col + b, load<v16f>(col + b) + e * w_a);
+// With an odd row count, a VNNI operand's last pair has no second row: zeros in its high halves.
+inline void zero_missing_partner(uint32_t* m, int64_t ri, int64_t ldm) {
+  if (ri % 2 == 0) return;
+  uint32_t* mrow = m + (ri / 2) * ldm;
+  for (int64_t b = 0; b < ldm; ++b) mrow[b] &= 0xFFFFu;
+}
+
+// The backward's diagonal entry (a, a) of a diagonal tile: P_ii from the forward (exact where the softmax
+// saturates) and dS_ii = −P_ii·δ'_i, free of the cancellation in dP_ii − δ_i; T_ii = 2·dS_ii.
+template <typename T>
+inline void patch_diagonal(const BackwardEpilogue& t, int64_t a) {
+  const int64_t i = t.i0 + a, e = a * t.ld + a;
+  const float p = t.p_diag[i], ds = -p * t.delta_diag[i];
+  if (t.sig) t.sig[e] = ds;  // one-sided
+  if constexpr (std::is_same_v<T, float>) {
+    t.p[e] = p;
+    t.s[e] = 2.f * ds;
+  } else {
+    const int64_t slot = (a / 2) * t.ldm + a;
+    const int shift = a % 2 == 1 ? 16 : 0;
+    const auto put = [&](uint32_t* m, float x) {
+      m[slot] = (m[slot] & ~(0xFFFFu << shift)) | (static_cast<uint32_t>(half_bits<T>(x)) << shift);
+    };
+    put(t.p_vnni, p);
+    put(t.t_vnni, t.scale * 2.f * ds);
+  }
+}
+
+// ------------------------------------------------------------------------------------ portable vectors
+namespace generic_isa {
+struct V {
+  using F = v16f;
+  __attribute__((always_inline)) static F set1(float x) { return F{} + x; }
+  __attribute__((always_inline)) static F load(const float* p, int64_t n) {
+    if (n >= 16) return cpu::load<v16f>(p);
+    F x = {};
+    std::memcpy(&x, p, n * sizeof(float));
+    return x;
+  }
+  __attribute__((always_inline)) static void store(float* p, int64_t n, F x) {
+    if (n >= 16)
+      cpu::store<v16f>(p, x);
+    else
+      std::memcpy(p, &x, n * sizeof(float));
+  }
+  __attribute__((always_inline)) static F exp(F x, int64_t n) {
+    F e = exp_poly<v16f, v16i>(x);
+    for (int64_t q = n; q < 16; ++q) e[q] = 0.f;
+    return e;
+  }
+  __attribute__((always_inline)) static F keep_below(F x, F p, float bound) { return p < bound ? x : F{}; }
+  __attribute__((always_inline)) static float sum(F x) {
+    float total = 0.f;
+    for (int q = 0; q < 16; ++q) total += x[q];
+    return total;
+  }
+  template <typename T>
+  __attribute__((always_inline)) static void store_half(T* dst, F x) {
+    if constexpr (std::is_same_v<T, at::BFloat16>) {
+      const v16u16 bits = __builtin_convertvector(bf16_high(x) >> 16, v16u16);
+      std::memcpy(dst, &bits, sizeof bits);
     } else {
-      const v16f av = kRowScaled ? ew * iw_a : ew;
-      if constexpr (std::is_same_v<T, at::BFloat16>) {
-        const v16u16 bits = __builtin_convertvector(bf16_high(av) >> 16, v16u16);
-        std::memcpy(arow + b, &bits, sizeof bits);
-      } else {
-        for (int q = 0; q < 16; ++q) arow[b + q] = T(av[q]);
-      }
-      if constexpr (kBoth) {
-        const v16f mv = kRowScaled ? e * w_a * load<v16f>(iw_j + b) : e * w_a;
-        store<v16f>(col + b, load<v16f>(col + b) + mv);
-        v16u hi;
-        if constexpr (std::is_same_v<T, at::BFloat16>) {
-          hi = bf16_high(mv);
-        } else {
-          for (int q = 0; q < 16; ++q) hi[q] = static_cast<uint32_t>(half_bits<T>(mv[q])) << 16;
-        }
-        uint32_t* dst = mrow + b;
-        if (odd) {
-          v16u old;
-          std::memcpy(&old, dst, sizeof old);
-          hi |= old;
-        } else {
-          hi >>= 16;
-        }
-        std::memcpy(dst, &hi, sizeof hi);
-      }
+      for (int q = 0; q < 16; ++q) dst[q] = T(x[q]);
     }
   }
-  float sum = 0.f;
-  for (int lane = 0; lane < 16; ++lane) sum += acc[lane];
-  for (; b < t.rj; ++b) {  // the tail, with the same polynomial
-    float x = s[b] * t.scale;
-    if constexpr (kPrior) x += g[b];
-    const float e = exp_approx(x - c_a - c_j[b]), ew = e * w_j[b];
-    sum += ew;
-    if constexpr (!kHalf) {
-      s[b] = e;
-      if constexpr (kBoth) col[b] += e * w_a;
+  template <typename T>
+  __attribute__((always_inline)) static void store_vnni(uint32_t* dst, F x, bool odd) {
+    v16u hi;
+    if constexpr (std::is_same_v<T, at::BFloat16>) {
+      hi = bf16_high(x);
     } else {
-      arow[b] = T(ew * iw_a);
-      if constexpr (kBoth) {
-        const float mv = kRowScaled ? e * w_a * iw_j[b] : e * w_a;
-        col[b] += mv;
-        const uint32_t bits = half_bits<T>(mv);
-        mrow[b] = odd ? (mrow[b] | (bits << 16)) : bits;
-      }
+      for (int q = 0; q < 16; ++q) hi[q] = static_cast<uint32_t>(half_bits<T>(x[q])) << 16;
     }
+    if (odd) {
+      v16u old;
+      std::memcpy(&old, dst, sizeof old);
+      hi |= old;
+    } else {
+      hi >>= 16;
+    }
+    std::memcpy(dst, &hi, sizeof hi);
   }
-  if constexpr (kHalf) {
-    std::fill(arow + t.rj, arow + t.lda, T(0.f));
-    if constexpr (kBoth)
-      if (!odd) std::fill(mrow + t.rj, mrow + t.ldm, 0u);
-  }
-  t.row_sum[a] += sum * iw_a;
-}
+};
 
-template <typename T, bool kBoth>
-__attribute__((always_inline)) inline void epilogue_body(const Epilogue& t) {
-  for (int64_t a = 0; a < t.ri; ++a)
-    start_row(t, a) ? epilogue_row<T, true, kBoth>(t, a) : epilogue_row<T, false, kBoth>(t, a);
-  if constexpr (!std::is_same_v<T, float> && kBoth) zero_missing_partner(t);
-}
+#include "kkattn_cpu_epilogue_body.h"
 
-KKATTN_CLONES void epilogue_generic_fp32(const Epilogue& t) {
-  t.both_sides ? epilogue_body<float, true>(t) : epilogue_body<float, false>(t);
+template <typename T>
+void forward(const Epilogue& t) {
+  t.both_sides ? forward_rows<T, true>(t) : forward_rows<T, false>(t);
 }
-KKATTN_CLONES void epilogue_generic_bf16(const Epilogue& t) {
-  t.both_sides ? epilogue_body<at::BFloat16, true>(t) : epilogue_body<at::BFloat16, false>(t);
+template <typename T>
+void backward(const BackwardEpilogue& t) {
+  t.both_sides ? backward_rows<T, true>(t) : backward_rows<T, false>(t);
 }
-KKATTN_CLONES void epilogue_fp16(const Epilogue& t) {
-  t.both_sides ? epilogue_body<at::Half, true>(t) : epilogue_body<at::Half, false>(t);
-}
+KKATTN_CLONES void forward_fp32(const Epilogue& t) { forward<float>(t); }
+KKATTN_CLONES void forward_bf16(const Epilogue& t) { forward<at::BFloat16>(t); }
+KKATTN_CLONES void forward_fp16(const Epilogue& t) { forward<at::Half>(t); }
+KKATTN_CLONES void backward_fp32(const BackwardEpilogue& t) { backward<float>(t); }
+KKATTN_CLONES void backward_bf16(const BackwardEpilogue& t) { backward<at::BFloat16>(t); }
+KKATTN_CLONES void backward_fp16(const BackwardEpilogue& t) { backward<at::Half>(t); }
+}  // namespace generic_isa
 
 // ------------------------------------------------------------------------ AVX-512 with BF16 (x86-64, GCC)
-// The same pass in AVX-512 intrinsics, for CPUs with AVX-512-BF16 (Sapphire Rapids and later, Zen 4 and later),
-// where the generic vectors above compile to about twice the instructions: the exp ends in one vscalefps instead
-// of integer exponent arithmetic and a select, bf16 rounding is one vcvtneps2bf16 instead of eleven integer
-// operations, and the row tail is a masked step instead of scalar code.  The exp is the same Cephes polynomial.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define KKATTN_AVX512_EPILOGUE 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
-
-// exp(x) for the 16 lanes of mask k; exactly 0 below −87.3 (the generic exp_poly's contract) and in lanes off k.
-__attribute__((always_inline)) inline __m512 exp_avx512(__m512 x, __mmask16 k) {
-  k = _mm512_mask_cmp_ps_mask(k, x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.9875691500e-4f), _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.f));
-  return _mm512_maskz_scalef_ps(k, p, n);
-}
-
-// Row a for T = float (E over s) or bf16, in 16-column steps; the last step is masked.
-template <typename T, bool kPrior, bool kBoth>
-__attribute__((always_inline)) inline void epilogue_row_avx512(const Epilogue& t, int64_t a) {
-  constexpr bool kHalf = std::is_same_v<T, at::BFloat16>;
-  float* s = t.s + a * t.ld;
-  const float* g = t.g;
-  const __m512 scale = _mm512_set1_ps(t.scale), c_a = _mm512_set1_ps(t.c[t.i0 + a]), w_a = _mm512_set1_ps(t.w[t.i0 + a]);
-  const float *c_j = t.c + t.j0, *w_j = t.w + t.j0;
-  uint16_t* arow = kHalf ? static_cast<uint16_t*>(t.a) + a * t.lda : nullptr;
-  uint32_t* mrow = kHalf && kBoth ? t.m + (a / 2) * t.ldm : nullptr;
-  const bool odd = a % 2 == 1;
-  float* col = t.col_sum;
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t b = 0; b < t.rj; b += 16) {
-    const __mmask16 k = t.rj - b >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (t.rj - b)) - 1);
-    __m512 x = _mm512_maskz_loadu_ps(k, s + b);
-    x = kPrior ? _mm512_fmadd_ps(x, scale, _mm512_maskz_loadu_ps(k, g + b)) : _mm512_mul_ps(x, scale);
-    x = _mm512_sub_ps(_mm512_sub_ps(x, c_a), _mm512_maskz_loadu_ps(k, c_j + b));
-    const __m512 e = exp_avx512(x, k);  // 0 off k
-    const __m512 ew = _mm512_mul_ps(e, _mm512_maskz_loadu_ps(k, w_j + b));
-    acc = _mm512_add_ps(acc, ew);
-    if constexpr (!kHalf) {
-      _mm512_mask_storeu_ps(s + b, k, e);
-      if constexpr (kBoth)
-        _mm512_mask_storeu_ps(col + b, k, _mm512_fmadd_ps(e, w_a, _mm512_maskz_loadu_ps(k, col + b)));
-    } else {
-      // A's row is zero-padded to lda, a multiple of 16: whole steps are stored (0 off k).
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(arow + b), (__m256i)_mm512_cvtneps_pbh(ew));
-      if constexpr (kBoth) {
-        const __m512 mv = _mm512_mul_ps(e, w_a);
-        _mm512_mask_storeu_ps(col + b, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, col + b), mv));
-        __m512i bits = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(mv));  // low halves; M is padded like A
-        if (odd) bits = _mm512_or_si512(_mm512_slli_epi32(bits, 16), _mm512_loadu_si512(mrow + b));
-        _mm512_storeu_si512(mrow + b, bits);
-      }
-    }
+namespace avx512_isa {
+struct V {
+  using F = __m512;
+  __attribute__((always_inline)) static __mmask16 mask(int64_t n) {
+    return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   }
-  if constexpr (kHalf) {
-    const int64_t done = (t.rj + 15) / 16 * 16;
-    std::fill(arow + done, arow + t.lda, uint16_t(0));
-    if constexpr (kBoth)
-      if (!odd) std::fill(mrow + done, mrow + t.ldm, 0u);
+  __attribute__((always_inline)) static F set1(float x) { return _mm512_set1_ps(x); }
+  __attribute__((always_inline)) static F load(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  __attribute__((always_inline)) static void store(float* p, int64_t n, F x) { _mm512_mask_storeu_ps(p, mask(n), x); }
+  // The same Cephes polynomial as exp_poly; 0 below −87.3 and off the first n lanes.
+  __attribute__((always_inline)) static F exp(F x, int64_t n) {
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(mask(n), x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+    const __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.9875691500e-4f), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.f));
+    return _mm512_maskz_scalef_ps(k, p, m);
   }
-  t.row_sum[a] += _mm512_reduce_add_ps(acc);
-}
+  __attribute__((always_inline)) static F keep_below(F x, F p, float bound) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_set1_ps(bound), _CMP_LT_OQ), x);
+  }
+  __attribute__((always_inline)) static float sum(F x) { return _mm512_reduce_add_ps(x); }
+  template <typename T>
+  __attribute__((always_inline)) static void store_half(T* dst, F x) {
+    static_assert(std::is_same_v<T, at::BFloat16>, "the AVX-512 epilogue rounds to bf16 only");
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x));
+  }
+  template <typename T>
+  __attribute__((always_inline)) static void store_vnni(uint32_t* dst, F x, bool odd) {
+    static_assert(std::is_same_v<T, at::BFloat16>, "the AVX-512 epilogue rounds to bf16 only");
+    __m512i bits = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x));
+    if (odd) bits = _mm512_or_si512(_mm512_slli_epi32(bits, 16), _mm512_loadu_si512(dst));
+    _mm512_storeu_si512(dst, bits);
+  }
+};
 
-template <typename T, bool kBoth>
-inline void epilogue_body_avx512(const Epilogue& t) {
-  for (int64_t a = 0; a < t.ri; ++a)
-    start_row(t, a) ? epilogue_row_avx512<T, true, kBoth>(t, a) : epilogue_row_avx512<T, false, kBoth>(t, a);
-  if constexpr (std::is_same_v<T, at::BFloat16> && kBoth) zero_missing_partner(t);
-}
+#include "kkattn_cpu_epilogue_body.h"
 
-void epilogue_fp32_avx512(const Epilogue& t) {
-  t.both_sides ? epilogue_body_avx512<float, true>(t) : epilogue_body_avx512<float, false>(t);
+void forward_fp32(const Epilogue& t) { t.both_sides ? forward_rows<float, true>(t) : forward_rows<float, false>(t); }
+void forward_bf16(const Epilogue& t) {
+  t.both_sides ? forward_rows<at::BFloat16, true>(t) : forward_rows<at::BFloat16, false>(t);
 }
-void epilogue_bf16_avx512(const Epilogue& t) {
-  t.both_sides ? epilogue_body_avx512<at::BFloat16, true>(t) : epilogue_body_avx512<at::BFloat16, false>(t);
+void backward_fp32(const BackwardEpilogue& t) {
+  t.both_sides ? backward_rows<float, true>(t) : backward_rows<float, false>(t);
 }
-
+void backward_bf16(const BackwardEpilogue& t) {
+  t.both_sides ? backward_rows<at::BFloat16, true>(t) : backward_rows<at::BFloat16, false>(t);
+}
+}  // namespace avx512_isa
 #pragma GCC pop_options
 #endif
 
 // Whether a call takes the AVX-512-BF16 epilogue: where the CPU has it (checked once), unless
-// KKATTN_CPU_ISA=generic asks for the generic vectors (what other CPUs run; the tests run both).
+// KKATTN_CPU_ISA=generic asks for the portable vectors (what other CPUs run; the tests run both).
 inline bool vector_isa_avx512() {
 #ifdef KKATTN_AVX512_EPILOGUE
   static const bool cpu_has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -287,19 +303,18 @@ inline bool vector_isa_avx512() {
 #endif
 }
 
-inline void epilogue(float, const Epilogue& t) {
 #ifdef KKATTN_AVX512_EPILOGUE
-  if (t.avx512) return epilogue_fp32_avx512(t);
+#define KKATTN_EPILOGUE(name, t) (t.avx512 ? avx512_isa::name(t) : generic_isa::name(t))
+#else
+#define KKATTN_EPILOGUE(name, t) generic_isa::name(t)
 #endif
-  epilogue_generic_fp32(t);
-}
-inline void epilogue(at::BFloat16, const Epilogue& t) {
-#ifdef KKATTN_AVX512_EPILOGUE
-  if (t.avx512) return epilogue_bf16_avx512(t);
-#endif
-  epilogue_generic_bf16(t);
-}
-inline void epilogue(at::Half, const Epilogue& t) { epilogue_fp16(t); }
+inline void epilogue(float, const Epilogue& t) { KKATTN_EPILOGUE(forward_fp32, t); }
+inline void epilogue(at::BFloat16, const Epilogue& t) { KKATTN_EPILOGUE(forward_bf16, t); }
+inline void epilogue(at::Half, const Epilogue& t) { generic_isa::forward_fp16(t); }
+inline void epilogue(float, const BackwardEpilogue& t) { KKATTN_EPILOGUE(backward_fp32, t); }
+inline void epilogue(at::BFloat16, const BackwardEpilogue& t) { KKATTN_EPILOGUE(backward_bf16, t); }
+inline void epilogue(at::Half, const BackwardEpilogue& t) { generic_isa::backward_fp16(t); }
+#undef KKATTN_EPILOGUE
 
 }  // namespace
 }  // namespace cpu

@@ -50,16 +50,17 @@ void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha
 }
 
 // ------------------------------------------------------------------ which path half precision takes
-// fp16/bf16 inputs run the smoother forward's tile products in their own dtype through ATen's
+// fp16/bf16 inputs run the smoother's tile products (forward and backward) in their own dtype through ATen's
 // cpublas::brgemm (oneDNN ukernels: AMX tiles or AVX-512-BF16/FP16 where the CPU has them), with fp32
 // accumulation; c, W, the row sums and every reduction stay fp32.  The weights are rounded to the input
 // dtype only where they enter a product, as the GPU kernels do.  B operands are packed once per
-// (batch, head) into the VNNI layout the ukernels read (cpublas::pack), in blocks of kTile tokens.
+// (batch, head) into the VNNI layout the ukernels read (cpublas::pack), in blocks of kTile tokens; the
+// operands that change per tile are written in that layout by the epilogues (kkattn_cpu_epilogue.h).
 //
-// Scaling.  The weights entering E·V are row-scaled so that each row's diagonal weight is 1:
-// A_ab = E_ab·W_b / W_a = exp(S_ab − 2c_a) ≤ e^Δ.  bf16 has fp32's range, so it takes this path for
-// Δ ≤ 48 like fp32; fp16 (largest 65504) for Δ ≤ 8, as the Triton forward's fp16 weights
-// (kkattn/_smoother.py MAX_SPREAD_FP16); other heads take the upcast path.  The accumulators are then
+// Range.  bf16 has fp32's range, so it takes this path for Δ ≤ 48 like fp32, with the fp32 path's weights
+// E_ab·W_b.  fp16 (largest 65504) row-scales the forward's weights so that each row's diagonal weight is 1,
+// A_ab = E_ab·W_b / W_a = exp(S_ab − 2c_a) ≤ e^Δ, and takes the path for Δ ≤ 8, as the Triton forward's fp16
+// weights (kkattn/_smoother.py MAX_SPREAD_FP16); other heads take the upcast path.  Its accumulators are then
 // acc'_i = acc_i / W_i and l'_i = l_i / W_i, so O_i = (acc'_i + V_i)/(l'_i + 1), lse_i = 2c_i + log1p(l'_i).
 constexpr float kHalfFp16MaxSpread = 8.f;
 
@@ -215,19 +216,17 @@ struct Operands {
   const T *k = nullptr, *v = nullptr, *dout = nullptr;
   PackedB<T> k_tokens, k_rows, v_tokens, v_rows, dout_tokens, dout_rows;
   std::vector<T> tmp;
-  // The forward's Vᵀ (D × ldt, zeros past N): the A operand of the smoother's j-side product.  ldt = N rounded up
-  // to kTile, plus 16: a power-of-two stride would put a C tile's rows in one cache set.
-  std::vector<T> v_t;
+  // Transposed rows (D × ldt, zeros past N), the A operands of the smoother's transposed products (Cᵀ += Xᵀ·M with
+  // M the epilogue's VNNI operand): Vᵀ in the forward, Kᵀ and dOᵀ in the backward.  ldt = N rounded up to kTile,
+  // plus 16: a power-of-two stride would put a C tile's rows in one cache set.
+  std::vector<T> v_t, k_t, dout_t;
   int64_t D = 0, ldt = 0;
 
   void prepare_forward(const T* k_, const T* v_, int64_t N, int64_t D_) {
     k = k_, v = v_, D = D_;
     k_tokens.pack(k, N, D, false, tmp);
     v_rows.pack(v, N, D, true, tmp);
-    ldt = padded(N) + 16;
-    v_t.assign(D * ldt, T(0.f));
-    for (int64_t j = 0; j < N; ++j)
-      for (int64_t x = 0; x < D; ++x) v_t[x * ldt + j] = v[j * D + x];
+    transpose_rows(v, N, v_t);
   }
   void prepare_backward(const T* k_, const T* v_, const T* dout_, int64_t N, int64_t D_) {
     k = k_, v = v_, dout = dout_, D = D_;
@@ -236,7 +235,16 @@ struct Operands {
     v_tokens.pack(v, N, D, false, tmp);
     dout_tokens.pack(dout, N, D, false, tmp);
     dout_rows.pack(dout, N, D, true, tmp);
+    transpose_rows(k, N, k_t);
+    transpose_rows(dout, N, dout_t);
   }
+  void transpose_rows(const T* x, int64_t N, std::vector<T>& out) {
+    ldt = padded(N) + 16;
+    out.assign(D * ldt, T(0.f));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t c = 0; c < D; ++c) out[c * ldt + j] = x[j * D + c];
+  }
+  const T* transposed(Role r) const { return (r == Role::k ? k_t : r == Role::v ? v_t : dout_t).data(); }
   const T* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
   const PackedB<T>& tokens(Role r) const { return r == Role::k ? k_tokens : r == Role::v ? v_tokens : dout_tokens; }
   const PackedB<T>& packed_rows(Role r) const { return r == Role::k ? k_rows : r == Role::v ? v_rows : dout_rows; }
@@ -251,14 +259,17 @@ struct Operands<float> {
   const float* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
 };
 
-// Per-thread scratch of the products: fp32 transposes, and the input-dtype A operands (rows × padded K).
+// Per-thread scratch of the half path's second products: the epilogues' A operands (rows × padded K) and VNNI
+// operands.
 template <typename T>
 struct ProductScratch {
-  std::vector<float> tr;
   std::vector<T> a;
-  std::vector<uint32_t> m;  // the smoother epilogue's VNNI operand: kTile / 2 pairs of rows × kStrip
-  ProductScratch()
-      : tr(kTile * kStrip), a(Operands<T>::kHalf ? kTile * kStrip : 0), m(Operands<T>::kHalf ? kTile / 2 * kStrip : 0) {}
+  std::vector<T> a2;                // the backward's second A operand
+  std::vector<uint32_t> m, m2;      // the smoother epilogues' VNNI operands: kTile·kStrip / 2 slots each
+  ProductScratch() {
+    if (!Operands<T>::kHalf) return;
+    a.resize(kTile * kStrip), a2.resize(kTile * kStrip), m.resize(kTile * kStrip / 2), m2.resize(kTile * kStrip / 2);
+  }
 };
 
 // C (M × ldc) = alpha·A_i X_Jᵀ: A = role a's M rows from i0, X = role x's cols tokens from j0.
@@ -275,8 +286,8 @@ void product_nt(const Operands<T>& o, Role a, Role x, int64_t i0, int64_t M, int
     for (int64_t r = 0; r < M; ++r) scale_row(c + r * ldc, alpha, cols);
 }
 
-// C (M × D) += f_r·(tile ∘ w)·X: tile M × K (ld), X = role x's K rows from j0; f_r = alpha·(row_f ? row_f[r] : 1),
-// w (per column of the tile) only for the half path's row-scaled weights.  fp32 reads X = `b` (e.g. vt).
+// fp32: C (M × D) += alpha·tile·X, tile M × K (ld), X = role x's K rows from j0, or `b`'s (e.g. vt).  (The half
+// path's second products are brgemm_rows and accumulate_t_vnni on operands the epilogues write.)
 inline void accumulate_nn(const Operands<float>& o, const float* b, const float* tile, int64_t ld, int64_t M, int64_t K,
                           int64_t j0, float alpha, float* c, ProductScratch<float>&) {
   mm(false, false, M, o.D, K, alpha, tile, ld, b + j0 * o.D, o.D, 1.f, c, o.D);
@@ -287,23 +298,7 @@ inline void accumulate_nn(const Operands<float>& o, Role x, const float* tile, i
   accumulate_nn(o, o.rows(x), tile, ld, M, K, j0, alpha, c, ps);
 }
 
-template <typename T>
-void accumulate_nn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t j0,
-                   float alpha, const float* w, const float* row_f, float* c, ProductScratch<T>& ps) {
-  const int64_t lk = padded(K);
-  for (int64_t r = 0; r < M; ++r)  // the A operand in T, rounded once, zero-padded to whole packed blocks
-    scaled_half_row(ps.a.data() + r * lk, tile + r * ld, w, alpha * (row_f ? row_f[r] : 1.f), K, lk);
-  brgemm_rows(M, lk, ps.a.data(), o.packed_rows(x), j0, c);
-}
-
-template <typename T>
-void accumulate_nn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t j0,
-                   float alpha, float* c, ProductScratch<T>& ps) {
-  accumulate_nn(o, x, tile, ld, M, K, j0, alpha, nullptr, nullptr, c, ps);
-}
-
-// C (K × D) += f_r·(tileᵀ ∘ w)·X: the transposed product, tile M × K (ld), X = role x's M rows from i0;
-// f_r = alpha·(row_f ? row_f[r] : 1) for row r of tileᵀ, w per column of tileᵀ (row of the tile).
+// fp32: C (K × D) += alpha·tileᵀ·X, the transposed product, tile M × K (ld), X = role x's M rows from i0.
 inline void accumulate_tn(const Operands<float>& o, const float* b, const float* tile, int64_t ld, int64_t M,
                           int64_t K, int64_t i0, float alpha, float* c, ProductScratch<float>&) {
   mm(true, false, K, o.D, M, alpha, tile, ld, b + i0 * o.D, o.D, 1.f, c, o.D);
@@ -314,30 +309,14 @@ inline void accumulate_tn(const Operands<float>& o, Role x, const float* tile, i
   accumulate_tn(o, o.rows(x), tile, ld, M, K, i0, alpha, c, ps);
 }
 
+// Cᵀ (D × ldt) columns [j0, j0 + ldm) += X_iᵀ · M: X_iᵀ role x's transposed rows from token i0 (D × K, K = rows
+// rounded up to a pair), M the K × ldm VNNI operand a smoother epilogue writes (pairs of rows in 32-bit slots).
 template <typename T>
-void accumulate_tn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t i0,
-                   float alpha, const float* w, const float* row_f, float* c, ProductScratch<T>& ps) {
-  // An 8×8-blocked register transpose of the fp32 tile (rows past M and columns past K are ignored), then
-  // the plain product of that K × M tile.
-  const int64_t lm = padded(M);
-  transpose_tile(tile, (M + 7) / 8 * 8, (K + 7) / 8 * 8, ld, ps.tr.data(), lm);
-  accumulate_nn(o, x, ps.tr.data(), lm, K, M, i0, alpha, w, row_f, c, ps);
-}
-
-template <typename T>
-void accumulate_tn(const Operands<T>& o, Role x, const float* tile, int64_t ld, int64_t M, int64_t K, int64_t i0,
-                   float alpha, float* c, ProductScratch<T>& ps) {
-  accumulate_tn(o, x, tile, ld, M, K, i0, alpha, nullptr, nullptr, c, ps);
-}
-
-// Cᵀ (D × ldt) columns [j0, j0 + ldm) += V_iᵀ · M: V_iᵀ the forward's Vᵀ from token i0 (D × K, K = rows rounded
-// up to a pair), M the K × ldm VNNI operand the smoother's epilogue writes (pairs of rows in 32-bit slots).
-template <typename T>
-void accumulate_t_vnni(const Operands<T>& o, int64_t i0, int64_t rows, const uint32_t* m, int64_t ldm, float* ct,
-                       int64_t j0) {
+void accumulate_t_vnni(const Operands<T>& o, Role x, int64_t i0, int64_t rows, const uint32_t* m, int64_t ldm,
+                       float* ct, int64_t j0) {
   const int64_t K = (rows + 1) / 2 * 2;
-  at::native::cpublas::brgemm(o.D, ldm, K, o.ldt, ldm, o.ldt, true, o.v_t.data() + i0, reinterpret_cast<const T*>(m),
-                              ct + j0, true);
+  at::native::cpublas::brgemm(o.D, ldm, K, o.ldt, ldm, o.ldt, true, o.transposed(x) + i0,
+                              reinterpret_cast<const T*>(m), ct + j0, true);
 }
 
 }  // namespace

@@ -62,8 +62,9 @@ void logits(const Problem& pb, int64_t h, const Operands<T>& ops, int64_t i0, in
 // falls below fp32's normal range, e^−87.3; so what a row loses is below N·e^(Δ − 87.3) of it.
 // For Δ ≤ kSmootherMaxSpread = 48 that is < 2^−24 (fp32's half-ulp) for any N ≤ 2^16·e^7 ≈ 7e7:
 // exact to fp32 rounding.  Beyond it (keys whose norms differ widely, saturated rows) the kernel
-// takes the online-softmax path, per (batch, head).  fp16/bf16 inputs are upcast to fp32 first,
-// so the bound is fp32's for every input dtype.
+// takes the online-softmax path, per (batch, head).  fp16/bf16 inputs keep c, W and every sum in
+// fp32 (their weights are rounded only where they enter a product), so the bound is fp32's for every
+// input dtype (fp16's forward adds its own range limit: kHalfFp16MaxSpread).
 constexpr float kSmootherMaxSpread = 48.f;
 
 // c_i = scale·‖k_i‖²/2 + g_i/2 for one (batch, head) into c[N]; returns the spread max c − min c
@@ -121,7 +122,8 @@ struct Smoother {
     for (int64_t j = 0; j < pb.N; ++j)
       for (int64_t x = 0; x < pb.D; ++x) vt[j * pb.D + x] = w[j] * v[j * pb.D + x];
   }
-  void prepare_backward(const Problem& pb, const float* k, const float* lse) {
+  template <typename T>
+  void prepare_backward(const Problem& pb, const T* k, const float* lse) {
     prepare(pb, k);
     if (!on) return;
     r.resize(pb.N);
@@ -129,6 +131,23 @@ struct Smoother {
     for (int64_t i = 0; i < pb.N; ++i) r[i] = std::exp((c_max - c[i]) - (lse[i] - 2.f * c[i]));
   }
 };
+
+// The fields a smoother epilogue (Epilogue or BackwardEpilogue) takes from the tile: its place, the scale, and the
+// prior's runs when any entry of the tile is not negligible.
+template <typename E>
+void set_tile(E& t, const Problem& pb, int64_t h, int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides,
+              Scratch& w) {
+  t.avx512 = pb.avx512;
+  t.ld = padded(rj), t.i0 = i0, t.ri = ri, t.j0 = j0, t.rj = rj;
+  t.diagonal = i0 == j0, t.both_sides = both_sides, t.scale = pb.scale, t.h = h;
+  if (!pb.prior) return;
+  const int64_t gap = min_row_gap(i0, i0 + ri, j0, j0 + rj, pb.prior->grid_w, pb.prior->num_prefix);
+  if (gap < 0 || pb.prior->rows(h)[gap] < kNegligiblePrior) return;  // the whole tile has no prior
+  t.prior = pb.prior;
+  t.runs = w.runs.data();
+  t.n_runs = strip_runs(*pb.prior, j0, rj, w.runs.data());
+  t.g = w.g.data();
+}
 
 // Smoother forward tile: rows i's off-diagonal sums l_i += E_ij W_j and acc_i (ri × D) += E_ij W_j V_j, and
 // with both_sides l_j += E_ijᵀ W_i and the j-side's acc += E_ijᵀ W_i V_i.  On the diagonal tile E_ii is left out:
@@ -146,25 +165,15 @@ void smoother_forward_tile(const Problem& pb, int64_t h, const Operands<T>& ops,
   float* s = w.s.data();
   product_nt(ops, Role::k, Role::k, i0, ri, j0, rj, 1.f, s, ld);  // K_i K_Jᵀ; the epilogue scales it
   Epilogue t{};
-  t.avx512 = pb.avx512;
-  t.s = s, t.ld = ld, t.i0 = i0, t.ri = ri, t.j0 = j0, t.rj = rj;
-  t.diagonal = i0 == j0, t.both_sides = both_sides, t.scale = pb.scale, t.h = h;
-  if (pb.prior) {
-    const int64_t gap = min_row_gap(i0, i0 + ri, j0, j0 + rj, pb.prior->grid_w, pb.prior->num_prefix);
-    if (gap >= 0 && pb.prior->rows(h)[gap] >= kNegligiblePrior) {  // else the whole tile has no prior
-      t.prior = pb.prior;
-      t.runs = w.runs.data();
-      t.n_runs = strip_runs(*pb.prior, j0, rj, w.runs.data());
-      t.g = w.g.data();
-    }
-  }
+  t.s = s;
+  set_tile(t, pb, h, i0, ri, j0, rj, both_sides, w);
   t.c = sm.c.data(), t.w = sm.w.data(), t.iw = row_scaled ? sm.iw.data() : nullptr;
   t.row_sum = l_i, t.col_sum = l_j;
   if constexpr (half) {
     t.a = ps.a.data(), t.lda = ld, t.m = ps.m.data(), t.ldm = ld;
     epilogue(T{}, t);
     brgemm_rows(ri, ld, ps.a.data(), ops.packed_rows(Role::v), j0, acc_i);
-    if (both_sides) accumulate_t_vnni(ops, i0, ri, ps.m.data(), ld, acc_j, j0);
+    if (both_sides) accumulate_t_vnni(ops, Role::v, i0, ri, ps.m.data(), ld, acc_j, j0);
   } else {
     epilogue(T{}, t);
     accumulate_nn(ops, sm.vt.data(), s, ld, ri, rj, j0, 1.f, acc_i, ps);
@@ -230,27 +239,21 @@ struct RowStats {
   const float* p_diag;
 };
 
-// Backward tile (i, J), ri × rj: adds rows i's share to dK_J, dV_J (and with both_sides rows J's share to dK_i,
-// dV_i); returns this tile's Σ dS·G·d² (dσ·σ³) when need_dsigma.  P comes from the smoother when sm.on (one exp
-// for P_iJ and P_Jiᵀ), else from the lse (two).  Five products per ordered pair (seven with both_sides).
-template <typename T>
-double backward_tile(const Problem& pb, int64_t h, const Operands<T>& ops, const RowStats& st, const Smoother& sm,
-                     int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides, bool need_dsigma, float* dk,
-                     float* dv, Scratch& w, ProductScratch<T>& ps) {
+// Online backward tile (i, J), fp32, for heads outside the smoother's range: P_iJ and P_Jiᵀ from the lse (two
+// exps).  Adds rows i's share to dK_J, dV_J (and with both_sides rows J's share to dK_i, dV_i); returns this tile's
+// Σ dS·G·d² (dσ·σ³) when need_dsigma.  Five products per ordered pair (seven with both_sides).
+inline double online_backward_tile(const Problem& pb, int64_t h, const Operands<float>& ops, const RowStats& st,
+                                   int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides, bool need_dsigma,
+                                   float* dk, float* dv, Scratch& w, ProductScratch<float>& ps) {
   const float *lse = st.lse, *delta = st.delta;
   const int64_t D = pb.D, ld = padded(rj);
   float *s = w.s.data(), *p = w.p.data(), *pt = w.pt.data(), *dp = w.dp.data(), *dpt = w.dpt.data(), *ds = w.ds.data();
   logits(pb, h, ops, i0, ri, j0, rj, s, ld);  // once for both P_iJ and P_Jiᵀ
   for (int64_t a = 0; a < ri; ++a) {
     const int64_t o = a * ld;
-    if (sm.on) {
-      exp_centered(ds + o, s + o, sm.c[i0 + a], sm.c.data() + j0, rj);  // E (ds is free until below)
-      scale_pair(p + o, pt + o, ds + o, sm.r[i0 + a], sm.w[i0 + a], sm.w.data() + j0, sm.r.data() + j0, rj);
-    } else {
-      std::copy(s + o, s + o + rj, p + o);
-      exp_shift_sum(p + o, rj, lse[i0 + a]);                 // P_iJ
-      exp_shift_vec(pt + o, s + o, lse + j0, rj);            // P_Jiᵀ
-    }
+    std::copy(s + o, s + o + rj, p + o);
+    exp_shift_sum(p + o, rj, lse[i0 + a]);       // P_iJ
+    exp_shift_vec(pt + o, s + o, lse + j0, rj);  // P_Jiᵀ
   }
   if (i0 == j0)  // the diagonal: the forward's P_ii (exact where the softmax saturates)
     for (int64_t a = 0; a < ri; ++a) p[a * ld + a] = pt[a * ld + a] = st.p_diag[i0 + a];
@@ -274,6 +277,49 @@ double backward_tile(const Problem& pb, int64_t h, const Operands<T>& ops, const
   if (!need_dsigma) return 0.0;
   // Ordered pairs (i, J) and, with both_sides, (J, i): Σ (dS_iJ + dS_Jiᵀ)·G·d² since G, d² are symmetric.
   return prior_grad_sum(both_sides ? s : ds, ld, *pb.prior, h, i0, ri, j0, rj);
+}
+
+// Smoother backward tile (i, J), ri × rj: the three products that need no P (S, dP_iJ, dP_Jiᵀ), the one-pass
+// epilogue (kkattn_cpu_epilogue.h: one exp for P_iJ and P_Jiᵀ), then the four that do.  Adds rows i's share to
+// dK_J, dV_J and with both_sides rows J's share to dK_i, dV_i (rows of dk, dv); fp16/bf16 add the J side to the
+// transposed accumulators dk_t, dv_t (D × ldt) instead, which the transposed products write without a transpose.
+// Returns this tile's Σ dS·G·d² (dσ·σ³) when need_dsigma.
+template <typename T>
+double backward_tile(const Problem& pb, int64_t h, const Operands<T>& ops, const RowStats& st, const Smoother& sm,
+                     int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides, bool need_dsigma, float* dk,
+                     float* dv, float* dk_t, float* dv_t, Scratch& w, ProductScratch<T>& ps) {
+  const int64_t D = pb.D, ld = padded(rj);
+  float *s = w.s.data(), *dp = w.dp.data(), *dpt = w.dpt.data();
+  product_nt(ops, Role::k, Role::k, i0, ri, j0, rj, 1.f, s, ld);       // K_i K_Jᵀ; the epilogue scales it
+  product_nt(ops, Role::dout, Role::v, i0, ri, j0, rj, 1.f, dp, ld);   // dP_iJ
+  product_nt(ops, Role::v, Role::dout, i0, ri, j0, rj, 1.f, dpt, ld);  // dP_Jiᵀ
+  BackwardEpilogue t{};
+  t.s = s, t.dp = dp, t.dpt = dpt;
+  set_tile(t, pb, h, i0, ri, j0, rj, both_sides, w);
+  t.c = sm.c.data(), t.w = sm.w.data(), t.r = sm.r.data();
+  t.delta = st.delta, t.delta_diag = st.delta_diag, t.p_diag = st.p_diag;
+  t.sig = need_dsigma ? w.ds.data() : nullptr;
+  if constexpr (Operands<T>::kHalf) {
+    t.p_vnni = ps.m.data(), t.t_vnni = ps.m2.data(), t.ldm = ld;
+    t.pt_rows = ps.a.data(), t.t_rows = ps.a2.data(), t.lda = ld;
+    epilogue(T{}, t);
+    accumulate_t_vnni(ops, Role::dout, i0, ri, ps.m.data(), ld, dv_t, j0);  // dV_Jᵀ += dO_iᵀ P_iJ
+    accumulate_t_vnni(ops, Role::k, i0, ri, ps.m2.data(), ld, dk_t, j0);    // dK_Jᵀ += K_iᵀ (scale·T)
+    if (both_sides) {
+      brgemm_rows(ri, ld, ps.a.data(), ops.packed_rows(Role::dout), j0, dv + i0 * D);  // dV_i += P_Jiᵀ dO_J
+      brgemm_rows(ri, ld, ps.a2.data(), ops.packed_rows(Role::k), j0, dk + i0 * D);    // dK_i += (scale·T) K_J
+    }
+  } else {
+    t.p = w.p.data(), t.pt = w.pt.data();
+    epilogue(T{}, t);
+    accumulate_tn(ops, Role::dout, w.p.data(), ld, ri, rj, i0, 1.f, dv + j0 * D, ps);  // dV_J += P_iJᵀ dO_i
+    if (both_sides) accumulate_nn(ops, Role::dout, w.pt.data(), ld, ri, rj, j0, 1.f, dv + i0 * D, ps);
+    accumulate_tn(ops, Role::k, s, ld, ri, rj, i0, pb.scale, dk + j0 * D, ps);  // dK_J += scale·Tᵀ K_i
+    if (both_sides) accumulate_nn(ops, Role::k, s, ld, ri, rj, j0, pb.scale, dk + i0 * D, ps);
+  }
+  if (!need_dsigma) return 0.0;
+  // Ordered pairs (i, J) and, with both_sides, (J, i): Σ (dS_iJ + dS_Jiᵀ)·G·d² since G, d² are symmetric.
+  return prior_grad_sum(w.ds.data(), ld, *pb.prior, h, i0, ri, j0, rj);
 }
 
 }  // namespace

@@ -154,52 +154,6 @@ KKATTN_CLONES void logit_grads(float* __restrict ds, float* __restrict t, const 
   }
 }
 
-// e[b] = exp(s[b] − c_a − c_j[b]): one row of E (the backward's).
-KKATTN_CLONES void exp_centered(float* __restrict e, const float* __restrict s, float c_a,
-                                const float* __restrict c_j, int64_t n) {
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) store<v16f>(e + j, exp_poly<v16f, v16i>(load<v16f>(s + j) - c_a - load<v16f>(c_j + j)));
-  for (; j < n; ++j) e[j] = exp_approx(s[j] - c_a - c_j[j]);
-}
-
-// p[b] = e[b]·(r_a·W[b]) and pt[b] = e[b]·(W_a·r[b]): P_iJ and P_Jiᵀ from one row of E.
-KKATTN_CLONES void scale_pair(float* __restrict p, float* __restrict pt, const float* __restrict e, float r_a,
-                              float w_a, const float* __restrict w, const float* __restrict r, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    p[j] = e[j] * (r_a * w[j]);
-    pt[j] = e[j] * (w_a * r[j]);
-  }
-}
-
-// dst[b] = bf16(e[b]·w[b]·f) (w null: e[b]·f), rounded to nearest even (finite inputs), zero on [n, n_pad):
-// 16 lanes of integer rounding, so every target_clones copy vectorizes it (no AVX-512-BF16 instruction needed).
-typedef uint16_t v16u16 __attribute__((vector_size(32)));
-KKATTN_CLONES void scaled_bf16_row(at::BFloat16* __restrict dst, const float* __restrict e, const float* __restrict w,
-                                   float f, int64_t n, int64_t n_pad) {
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const v16f x = w ? load<v16f>(e + j) * (load<v16f>(w + j) * f) : load<v16f>(e + j) * f;
-    v16i bits;
-    std::memcpy(&bits, &x, sizeof bits);
-    const v16i rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
-    const v16u16 half = __builtin_convertvector(rounded, v16u16);
-    std::memcpy(dst + j, &half, sizeof half);
-  }
-  for (; j < n; ++j) dst[j] = at::BFloat16(w ? e[j] * (w[j] * f) : e[j] * f);
-  for (; j < n_pad; ++j) dst[j] = at::BFloat16(0.f);
-}
-
-void scaled_half_row(at::BFloat16* dst, const float* e, const float* w, float f, int64_t n, int64_t n_pad) {
-  scaled_bf16_row(dst, e, w, f, n, n_pad);
-}
-
-void scaled_half_row(at::Half* __restrict dst, const float* __restrict e, const float* __restrict w, float f,
-                     int64_t n, int64_t n_pad) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = at::Half(w ? e[j] * (w[j] * f) : e[j] * f);
-  for (int64_t j = n; j < n_pad; ++j) dst[j] = at::Half(0.f);
-}
-
 // Two-input shuffle of 8-lane vectors with constant indices: GCC's __builtin_shuffle (GCC ≥ 10), clang's
 // __builtin_shufflevector.
 #if defined(__clang__)
@@ -236,15 +190,13 @@ __attribute__((always_inline)) inline void transpose8x8(const float* src, int64_
   }
 }
 
-KKATTN_CLONES void transpose_tile(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+// dst (cols × ldd) += srcᵀ of src (rows × lds): rows a multiple of 8, any cols (the last columns one by one).
+KKATTN_CLONES void transpose_add(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  const int64_t whole = cols / 8 * 8;
   for (int64_t a = 0; a < rows; a += 8)
-    for (int64_t b = 0; b < cols; b += 8) transpose8x8<false>(src + a * lds + b, lds, dst + b * ldd + a, ldd);
-}
-
-KKATTN_CLONES void transpose_add_tile(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,
-                                      int64_t ldd) {
-  for (int64_t a = 0; a < rows; a += 8)
-    for (int64_t b = 0; b < cols; b += 8) transpose8x8<true>(src + a * lds + b, lds, dst + b * ldd + a, ldd);
+    for (int64_t b = 0; b < whole; b += 8) transpose8x8<true>(src + a * lds + b, lds, dst + b * ldd + a, ldd);
+  for (int64_t b = whole; b < cols; ++b)
+    for (int64_t a = 0; a < rows; ++a) dst[b * ldd + a] += src[a * lds + b];
 }
 
 }  // namespace
