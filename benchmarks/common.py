@@ -42,6 +42,7 @@ def machine() -> dict:
         if kkattn_cpu.load() is None:
             info["kkattn_cpu_half"] = {str(dt).removeprefix("torch."): kkattn_cpu.half_precision_path(dt, 64)
                                        for dt in (torch.bfloat16, torch.float16)}
+            info["kkattn_cpu_vector"] = kkattn_cpu.vector_isa()
     except Exception:  # noqa: BLE001  (a report, not a check)
         pass
     if torch.cuda.is_available():
@@ -73,6 +74,8 @@ def describe(info: dict) -> str:
         hw += f", ISA {' '.join(info['cpu_isa']) or 'baseline x86-64'}"
         if info.get("kkattn_cpu_half"):
             hw += ", kkattn-cpu half precision: " + ", ".join(f"{k} {v}" for k, v in info["kkattn_cpu_half"].items())
+        if info.get("kkattn_cpu_vector"):
+            hw += f", kkattn-cpu vector code: {info['kkattn_cpu_vector']}"
     return f"{hw}; {info['threads']} torch threads; torch {info['torch']}, triton {info['triton']}, Python {info['python']}"
 
 

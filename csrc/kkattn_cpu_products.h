@@ -102,18 +102,21 @@ bool brgemm_self_test() {
 
 // Whether element (k, n) of a packed K × N B lies at 16-bit slot ((k/2)·N + n)·2 + k%2 (VNNI pairs of rows), the
 // layout the smoother's epilogue writes its transposed operand in directly (kkattn_cpu_epilogue.h): packs a
-// 64 × 64 B of distinct values and compares slot by slot.  A CPU whose pack lays B out otherwise runs fp32.
+// K = 64 B of distinct values, 16 to 64 wide, and compares slot by slot.  A CPU whose pack lays B out otherwise runs fp32.
 template <typename T>
 bool vnni_layout_ok() {
   try {
     const auto dt = c10::CppTypeToScalarType<T>::value;
-    constexpr int64_t K = 64, N = 64;
-    std::vector<T> b(K * N), packed(K * N);
-    for (int64_t i = 0; i < K * N; ++i) b[i] = T(static_cast<float>(i % 251));
-    at::native::cpublas::pack(K, N, N, N, dt, dt, b.data(), packed.data());
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < N; ++n)
-        if (static_cast<float>(packed[((k / 2) * N + n) * 2 + k % 2]) != static_cast<float>(b[k * N + n])) return false;
+    constexpr int64_t K = 64;
+    for (const int64_t N : {16, 32, 48, 64}) {  // the widths PackedB and the epilogues write
+      std::vector<T> b(K * N), packed(K * N);
+      for (int64_t i = 0; i < K * N; ++i) b[i] = T(static_cast<float>(i % 251));
+      at::native::cpublas::pack(K, N, N, N, dt, dt, b.data(), packed.data());
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n)
+          if (static_cast<float>(packed[((k / 2) * N + n) * 2 + k % 2]) != static_cast<float>(b[k * N + n]))
+            return false;
+    }
     return true;
   } catch (const std::exception&) {
     return false;
@@ -138,43 +141,40 @@ std::string half_path(at::ScalarType dt, int64_t D) {
   return "native";
 }
 
-// One (batch, head)'s N × D operand x, VNNI-packed as the B of a brgemm, padded to Np = N rounded up to
-// kTile tokens (zeros past N), in one of two forms:
+// One (batch, head)'s N × D operand x (16-bit T, D a multiple of 16), VNNI-packed as the B of a brgemm, padded to
+// Np = N rounded up to kTile tokens (zeros past N), in one of two forms:
 //  * by_tokens: the B of products over the head dim, X_Jᵀ (D × kTile per block of kTile tokens) — S = K_i K_Jᵀ,
-//    dP = dO_i V_Jᵀ;
-//  * by_rows: the B of products over tokens, X (Np × wc per column block of ≤ 64) — A·V, Pᵀ·dO, dSᵀ·K.
-// pack() is given ≤ 64 columns at a time (wider B failed to pack on the probed CPU).
+//    dP = dO_i V_Jᵀ: 32-bit slot (c/2)·kTile + n of block m holds channels c, c+1 of token m·kTile + n, so a
+//    block is a transpose of x's rows read as pairs of channels;
+//  * by_rows: the B of products over tokens, X (Np × wc per column block of ≤ 64) — A·V, Pᵀ·dO, T·K: 32-bit slot
+//    (j/2)·wc + c holds channel c of tokens j, j + 1 (j even).
+// Written here in the layout cpublas::pack gives (vnni_layout_ok checks it before the native path is taken):
+// pack itself takes ≤ 64 columns per call and went through an unpacked copy.
 template <typename T>
 struct PackedB {
   std::vector<T> data;
   int64_t Np = 0, D = 0;
   bool by_rows = false;
 
-  void pack(const T* x, int64_t N, int64_t D_, bool rows, std::vector<T>& tmp) {
+  void pack(const T* x, int64_t N, int64_t D_, bool rows) {
+    static_assert(sizeof(T) == 2, "VNNI pairs of 16-bit values");
     D = D_, by_rows = rows, Np = (N + kTile - 1) / kTile * kTile;
-    const auto dt = c10::CppTypeToScalarType<T>::value;
     data.assign(Np * D, T(0.f));
-    tmp.resize(std::max<int64_t>(D, 64) * kTile);
+    uint32_t* out = reinterpret_cast<uint32_t*>(data.data());
     if (!rows) {
-      for (int64_t m = 0; m < Np / kTile; ++m) {
-        for (int64_t c = 0; c < D; ++c)
-          for (int64_t n = 0; n < kTile; ++n) {
-            const int64_t j = m * kTile + n;
-            tmp[c * kTile + n] = j < N ? x[j * D + c] : T(0.f);
-          }
-        at::native::cpublas::pack(D, kTile, kTile, kTile, dt, dt, tmp.data(), data.data() + m * D * kTile);
-      }
+      const uint32_t* in = reinterpret_cast<const uint32_t*>(x);
+      for (int64_t m = 0; m * kTile < N; ++m)
+        transpose32(in + m * kTile * (D / 2), std::min(kTile, N - m * kTile), D / 2, D / 2, out + m * kTile * (D / 2),
+                    kTile);
       return;
     }
+    const uint16_t* in = reinterpret_cast<const uint16_t*>(x);
     for (int64_t cb = 0; cb * 64 < D; ++cb) {
       const int64_t wc = std::min<int64_t>(64, D - cb * 64);
-      for (int64_t m = 0; m < Np / kTile; ++m) {
-        for (int64_t n = 0; n < kTile; ++n) {
-          const int64_t j = m * kTile + n;
-          for (int64_t c = 0; c < wc; ++c) tmp[n * wc + c] = j < N ? x[j * D + cb * 64 + c] : T(0.f);
-        }
-        at::native::cpublas::pack(kTile, wc, wc, wc, dt, dt, tmp.data(), data.data() + cb * 64 * Np + m * kTile * wc);
-      }
+      uint32_t* block = out + cb * 32 * Np;
+      for (int64_t j = 0; j < N; j += 2)
+        interleave_rows(in + j * D + cb * 64, j + 1 < N ? in + (j + 1) * D + cb * 64 : nullptr, wc,
+                        block + (j / 2) * wc);
     }
   }
   // by_tokens: block m (tokens m·kTile ..).  by_rows: column block cb from token j0 on (j0 a multiple of kTile).
@@ -215,7 +215,7 @@ struct Operands {
   static constexpr bool kRowScaled = std::is_same_v<T, at::Half>;
   const T *k = nullptr, *v = nullptr, *dout = nullptr;
   PackedB<T> k_tokens, k_rows, v_tokens, v_rows, dout_tokens, dout_rows;
-  std::vector<T> tmp;
+  std::vector<uint32_t> pairs;  // transpose_rows' scratch
   // Transposed rows (D × ldt, zeros past N), the A operands of the smoother's transposed products (Cᵀ += Xᵀ·M with
   // M the epilogue's VNNI operand): Vᵀ in the forward, Kᵀ and dOᵀ in the backward.  ldt = N rounded up to kTile,
   // plus 16: a power-of-two stride would put a C tile's rows in one cache set.
@@ -224,25 +224,29 @@ struct Operands {
 
   void prepare_forward(const T* k_, const T* v_, int64_t N, int64_t D_) {
     k = k_, v = v_, D = D_;
-    k_tokens.pack(k, N, D, false, tmp);
-    v_rows.pack(v, N, D, true, tmp);
+    k_tokens.pack(k, N, D, false);
+    v_rows.pack(v, N, D, true);
     transpose_rows(v, N, v_t);
   }
   void prepare_backward(const T* k_, const T* v_, const T* dout_, int64_t N, int64_t D_) {
     k = k_, v = v_, dout = dout_, D = D_;
-    k_tokens.pack(k, N, D, false, tmp);
-    k_rows.pack(k, N, D, true, tmp);
-    v_tokens.pack(v, N, D, false, tmp);
-    dout_tokens.pack(dout, N, D, false, tmp);
-    dout_rows.pack(dout, N, D, true, tmp);
+    k_tokens.pack(k, N, D, false);
+    k_rows.pack(k, N, D, true);
+    v_tokens.pack(v, N, D, false);
+    dout_tokens.pack(dout, N, D, false);
+    dout_rows.pack(dout, N, D, true);
     transpose_rows(k, N, k_t);
     transpose_rows(dout, N, dout_t);
   }
+  // out (D × ldt) = xᵀ: x's rows read as pairs of channels, transposed in 32-bit slots, then split into the two
+  // channels' rows.
   void transpose_rows(const T* x, int64_t N, std::vector<T>& out) {
     ldt = padded(N) + 16;
-    out.assign(D * ldt, T(0.f));
-    for (int64_t j = 0; j < N; ++j)
-      for (int64_t c = 0; c < D; ++c) out[c * ldt + j] = x[j * D + c];
+    pairs.assign(D / 2 * ldt, 0u);
+    transpose32(reinterpret_cast<const uint32_t*>(x), N, D / 2, D / 2, pairs.data(), ldt);
+    out.resize(D * ldt);
+    uint16_t* o = reinterpret_cast<uint16_t*>(out.data());
+    for (int64_t c2 = 0; c2 < D / 2; ++c2) split_halves(pairs.data() + c2 * ldt, ldt, o + 2 * c2 * ldt, o + (2 * c2 + 1) * ldt);
   }
   const T* transposed(Role r) const { return (r == Role::k ? k_t : r == Role::v ? v_t : dout_t).data(); }
   const T* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }

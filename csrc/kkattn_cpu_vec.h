@@ -190,6 +190,43 @@ __attribute__((always_inline)) inline void transpose8x8(const float* src, int64_
   }
 }
 
+// dst (cols × ldd) = srcᵀ of 32-bit src (rows × lds), moved bit for bit: cols a multiple of 8, any rows (the last
+// ones one by one).
+KKATTN_CLONES void transpose32(const uint32_t* src, int64_t rows, int64_t cols, int64_t lds, uint32_t* dst,
+                               int64_t ldd) {
+  const int64_t whole = rows / 8 * 8;
+  for (int64_t a = 0; a < whole; a += 8)
+    for (int64_t b = 0; b < cols; b += 8)
+      transpose8x8<false>(reinterpret_cast<const float*>(src + a * lds + b), lds,
+                          reinterpret_cast<float*>(dst + b * ldd + a), ldd);
+  for (int64_t a = whole; a < rows; ++a)
+    for (int64_t b = 0; b < cols; ++b) dst[b * ldd + a] = src[a * lds + b];
+}
+
+// VNNI pairs of rows: dst[c] = even[c] | odd[c] << 16 for n (a multiple of 16) 16-bit columns; odd null: zeros.
+typedef uint16_t v16h16 __attribute__((vector_size(32)));
+typedef uint32_t v16w32 __attribute__((vector_size(64)));
+KKATTN_CLONES void interleave_rows(const uint16_t* even, const uint16_t* odd, int64_t n, uint32_t* dst) {
+  for (int64_t c = 0; c < n; c += 16) {
+    v16h16 e, o = {};
+    std::memcpy(&e, even + c, sizeof e);
+    if (odd) std::memcpy(&o, odd + c, sizeof o);
+    const v16w32 w = __builtin_convertvector(e, v16w32) | (__builtin_convertvector(o, v16w32) << 16);
+    std::memcpy(dst + c, &w, sizeof w);
+  }
+}
+
+// The two halves of n (a multiple of 16) 32-bit slots: lo[c] = src[c] & 0xFFFF, hi[c] = src[c] >> 16.
+KKATTN_CLONES void split_halves(const uint32_t* src, int64_t n, uint16_t* lo, uint16_t* hi) {
+  for (int64_t c = 0; c < n; c += 16) {
+    v16w32 w;
+    std::memcpy(&w, src + c, sizeof w);
+    const v16h16 l = __builtin_convertvector(w & 0xFFFFu, v16h16), h = __builtin_convertvector(w >> 16, v16h16);
+    std::memcpy(lo + c, &l, sizeof l);
+    std::memcpy(hi + c, &h, sizeof h);
+  }
+}
+
 // dst (cols × ldd) += srcᵀ of src (rows × lds): rows a multiple of 8, any cols (the last columns one by one).
 KKATTN_CLONES void transpose_add(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
   const int64_t whole = cols / 8 * 8;
