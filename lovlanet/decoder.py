@@ -1,7 +1,9 @@
 """The decoder: spatial feature fusion (SFF) and cross-modal feature alignment (CMFA), section 2.2.4."""
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,89 @@ class SpatialFeatureFusion(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(in_dim, dim, kernel_size=1) for _ in range(num_levels))
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        fused = self.lateral[-1](features[-1])
-        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
-            shallow = lateral(feature)
+        return self.merge([lateral(feature) for lateral, feature in zip(self.lateral, features)])
+
+    def forward_pyramid(self, levels: nn.ModuleList, maps: list[Tensor]) -> Tensor:
+        """``forward([level(m) for level, m in zip(levels, maps)])``, with each level's last deconvolution folded
+        into its lateral convolution (:func:`lateral_through`): the same result to fp32 rounding, without the
+        full-width maps at strides 4, 8 and 16 (at 1024², 100 of the model's 376 GFLOPs)."""
+        return self.merge([lateral_through(level, lateral, m) for level, lateral, m in zip(levels, self.lateral, maps)])
+
+    @staticmethod
+    def merge(laterals: list[Tensor]) -> Tensor:
+        """The top-down sum over the lateral maps ``Li(Fi)``, deepest last."""
+        fused = laterals[-1]
+        for shallow in reversed(laterals[:-1]):
             fused = shallow + F.interpolate(fused, size=shallow.shape[-2:], mode="bilinear", align_corners=False)
         return fused
+
+
+def lateral_through(level: nn.Module, lateral: nn.Conv2d, x: Tensor) -> Tensor:
+    """``lateral(level(x))`` for a pyramid level (a module or an ``nn.Sequential``) and a 1×1 lateral convolution.
+
+    Where the level is made of non-overlapping transposed convolutions (kernel = stride, ViTDet's 2×2 steps),
+    LayerNorm2d and GELU, it runs channels-last as matrix products: a k×k/k transposed convolution is one
+    (C_in → k²·C_out) product per input pixel and a pixel shuffle, LayerNorm2d a layer norm over the last dim, so
+    no layer converts layouts.  The last transposed convolution and the lateral are one linear map per input pixel,
+    so they run as one product to the lateral's width: weight ``Σ_m L[o, m]·W[i, m, ·, ·]``, bias ``L·b_W + b_L``;
+    that skips the level's full-width output (768 channels at 256² for the stride-4 level of a 1024² input).  Same
+    result to rounding, and the gradients are the composition's.  Other levels run as given.
+
+    Shapes: ``x (B, C_in, h, w) -> (B, C_lateral, h', w')`` as ``lateral(level(x))`` (channels-last memory).
+    """
+    from timm.layers import LayerNorm2d
+
+    layers = list(level) if isinstance(level, nn.Sequential) else [level]
+    if lateral.kernel_size != (1, 1) or lateral.groups != 1 or not layers or \
+            not all(_is_pixel_deconv(m) or isinstance(m, (LayerNorm2d, nn.GELU, nn.Identity)) for m in layers):
+        return lateral(level(x))
+    mix = lateral.weight[:, :, 0, 0]  # (C_lateral, C_mid)
+    y = x.permute(0, 2, 3, 1)  # (B, h, w, C): a view of channels-last maps (the encoder's)
+    if not _is_pixel_deconv(layers[-1]):  # the lateral after an identity level
+        return _linear_last(y, mix.t(), lateral.bias).permute(0, 3, 1, 2)
+    for layer in layers[:-1]:
+        if _is_pixel_deconv(layer):
+            y = _pixel_deconv(y, layer.weight, layer.bias, layer.stride[0])
+        elif isinstance(layer, LayerNorm2d):
+            y = F.layer_norm(y, y.shape[-1:], layer.weight, layer.bias, layer.eps)
+        else:
+            y = layer(y)
+    last = layers[-1]
+    # The folded weight in the weights' own dtype (outside autocast; meta tensors, for FLOP counts, have none).
+    no_autocast = torch.autocast(x.device.type, enabled=False) if torch.amp.is_autocast_available(x.device.type) \
+        else contextlib.nullcontext()
+    with no_autocast:
+        weight = torch.einsum("om,imhw->iohw", mix, last.weight)  # (C_in, C_lateral, kh, kw)
+        bias = lateral.bias
+        if last.bias is not None:
+            bias = mix @ last.bias if bias is None else torch.addmv(bias, mix, last.bias)
+    return _pixel_deconv(y, weight, bias, last.stride[0]).permute(0, 3, 1, 2)
+
+
+def _is_pixel_deconv(m: nn.Module) -> bool:
+    """A transposed convolution whose k×k kernels do not overlap (kernel = stride, no padding or dilation)."""
+    return isinstance(m, nn.ConvTranspose2d) and m.groups == 1 and m.kernel_size[0] == m.kernel_size[1] \
+        and m.stride == m.kernel_size and m.padding == (0, 0) and m.dilation == (1, 1) \
+        and m.output_padding == (0, 0)
+
+
+def _linear_last(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``y @ weight + bias`` over the last dim of ``y (..., C_in)``; weight ``(C_in, C_out)``."""
+    flat = y.reshape(-1, y.shape[-1])
+    out = F.linear(flat, weight.t(), bias)  # autocast casts all three alike
+    return out.view(*y.shape[:-1], weight.shape[1])
+
+
+def _pixel_deconv(y: Tensor, weight: Tensor, bias: Optional[Tensor], k: int) -> Tensor:
+    """ConvTranspose2d with kernel = stride = k on a channels-last map: ``(B, h, w, C_in) -> (B, k·h, k·w, C_out)``.
+
+    weight ``(C_in, C_out, k, k)``, as ``nn.ConvTranspose2d`` stores it.
+    """
+    batch, h, w, c_in = y.shape
+    c_out = weight.shape[1]
+    out = _linear_last(y, weight.permute(0, 2, 3, 1).reshape(c_in, k * k * c_out),
+                       None if bias is None else bias.repeat(k * k))  # (B, h, w, (i, j, c))
+    return out.view(batch, h, w, k, k, c_out).permute(0, 1, 3, 2, 4, 5).reshape(batch, h * k, w * k, c_out)
 
 
 class CrossModalAlignment(nn.Module):
@@ -35,7 +115,8 @@ class CrossModalAlignment(nn.Module):
     ``P1`` is projected (1×1 conv) to the text embedding width and L2-normalized per pixel; τ is
     learnable, stored as ``log τ`` and clamped to ``[0, log 100]`` as CLIP's logit scale is.
 
-    Shapes: ``forward(p1 (B, dim, h, w), text (K, E)) -> (logits (B, K, h, w), embeddings (B, E, h, w))``.
+    Shapes: ``forward(p1 (B, dim, h, w), text (K, E)) -> (logits (B, K, h, w), embeddings (B, E, h, w))``, the
+    projection run channels-last as a matrix product (p1 comes channels-last from the fusion).
     """
 
     MAX_LOG_TAU = math.log(100.0)
@@ -49,7 +130,14 @@ class CrossModalAlignment(nn.Module):
     def tau(self) -> Tensor:
         return self.log_tau.clamp(0.0, self.MAX_LOG_TAU).exp()
 
-    def forward(self, p1: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
-        embeddings = F.normalize(self.proj(p1), dim=1)
-        logits = self.tau * torch.einsum("behw,ke->bkhw", embeddings, text.to(embeddings.dtype))
-        return logits, embeddings
+    def forward(self, p1: Tensor, text: Tensor, embeddings: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """With ``embeddings=False`` (inference) the second output is None, and the logits are the per-pixel
+        products divided by the norm, ``τ·(e·t)/max(‖e‖, 1e-12)``: F.normalize's result without the
+        normalized full-width map."""
+        projected = _linear_last(p1.permute(0, 2, 3, 1), self.proj.weight[:, :, 0, 0].t(), self.proj.bias)
+        text = text.to(projected.dtype)
+        if embeddings:
+            unit = F.normalize(projected, dim=-1)  # (B, h, w, E)
+            return self.tau * (unit @ text.t()).permute(0, 3, 1, 2), unit.permute(0, 3, 1, 2)
+        norm = torch.linalg.vector_norm(projected, dim=-1, keepdim=True).clamp_min(1e-12)
+        return self.tau * ((projected @ text.t()) / norm).permute(0, 3, 1, 2), None

@@ -218,7 +218,8 @@ class NeighborhoodKKEncoder(nn.Module):
             if i in self.feature_indices:
                 # F1..F3 are raw block outputs; F4 gets the ViT's final norm, as timm's forward_features does.
                 y = vit.norm(x) if i == len(vit.blocks) - 1 else x
-                features.append(y[:, self.num_prefix_tokens:].transpose(1, 2).reshape(batch, -1, h, w))
+                # (B, C, h, w) as a view of the tokens: channels-last memory, no copy
+                features.append(y[:, self.num_prefix_tokens:].reshape(batch, h, w, -1).permute(0, 3, 1, 2))
         return features
 
 

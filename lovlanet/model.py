@@ -85,18 +85,21 @@ class LoVLANet(nn.Module):
             raise ValueError(f"images are {images.dtype} but the model's weights are {weights}: convert them "
                              f"(images.to({weights})) or run under torch.autocast")
 
-    def forward_train(self, images: Tensor) -> dict[str, Tensor]:
-        """Everything the loss needs: ``logits (B, K, H, W)``, ``embeddings (B, E, H/4, W/4)``, ``text (K, E)``, ``tau``."""
+    def forward_train(self, images: Tensor, embeddings: bool = True) -> dict[str, Tensor]:
+        """Everything the loss needs: ``logits (B, K, H, W)``, ``embeddings (B, E, H/4, W/4)``, ``text (K, E)``, ``tau``.
+
+        ``embeddings=False`` leaves the embeddings out (None): inference needs only the logits."""
         self.check_images(images)
-        features = self.pyramid(self.encoder(images))
         text = self.class_embeddings()
-        logits, embeddings = self.alignment(self.fusion(features), text)
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return {"logits": logits, "embeddings": embeddings, "text": text, "tau": self.alignment.tau}
+        # pyramid + fusion, with each level's last deconvolution folded into its lateral conv (same maps)
+        p1 = self.fusion.forward_pyramid(self.pyramid.levels, self.encoder(images))
+        logits, embedded = self.alignment(p1, text, embeddings=embeddings)
+        logits = F.interpolate(logits.contiguous(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return {"logits": logits, "embeddings": embedded, "text": text, "tau": self.alignment.tau}
 
     def forward(self, images: Tensor, train_outputs: bool = False):
         """Logits ``(B, K, H, W)``; with ``train_outputs=True`` the dict of :meth:`forward_train` (for DDP)."""
-        outputs = self.forward_train(images)
+        outputs = self.forward_train(images, embeddings=train_outputs)
         return outputs if train_outputs else outputs["logits"]
 
     def loss(self, images: Tensor, target: Tensor) -> tuple[LossOutput, Tensor]:

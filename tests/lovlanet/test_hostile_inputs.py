@@ -379,7 +379,7 @@ def test_precision_runs_the_model_under_autocast_and_keeps_fp32_sums(trained, tm
 
     model = load_model(trained / "best.pt").eval()
     seen = []
-    model.fusion.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    model.alignment.register_forward_hook(lambda module, args, out: seen.append(out[0].dtype))
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     fp32 = predict_image(model, image, tile=64)
     bf16 = predict_image(model, image, tile=64, precision="bf16")

@@ -189,6 +189,22 @@ def test_every_variant_builds_and_segments(variant):
         assert logits.shape == (2, 6, *shape) and torch.isfinite(logits).all()
 
 
+def test_the_folded_pyramid_equals_pyramid_then_fusion():
+    """The forward folds each pyramid level's last deconvolution into its lateral conv (decoder.lateral_through): the
+    same P1 and the same gradients, to float64 rounding, as running the pyramid and then the fusion."""
+    model = small_model().double()
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 96, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    params = list(model.pyramid.parameters()) + list(model.fusion.parameters())
+    folded = model.fusion.forward_pyramid(model.pyramid.levels, maps)
+    plain = model.fusion(model.pyramid(maps))
+    assert folded.shape == plain.shape == (2, 32, 24, 40)
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(folded, maps + params, grad), torch.autograd.grad(plain, maps + params, grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_parameter_differences_are_exactly_the_removed_parts():
     counts = {v: small_model(v).summary()["visual_encoder"] for v in ("baseline", "kk", "reduce_mlp", "full")}
     dim, depth = 96, 4
