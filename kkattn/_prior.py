@@ -13,7 +13,6 @@ Conventions shared by every backend:
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -32,11 +31,6 @@ NEGLIGIBLE_PRIOR_LOG2 = 24.0
 # float64 formula gives for any positive σ instead of 0·∞ = NaN on the diagonal (σ² underflows
 # below ~1e-23 in fp32 and ~1e-162 in fp64).  Huge σ needs nothing: 1/(2σ²) → 0 and G → 1.
 SIGMA_MIN = 0.02
-
-
-def negligible_prior_distance(sigma: float) -> float:
-    """Grid distance beyond which ``G < 2**-24`` (no effect on an fp32 softmax weight)."""
-    return sigma * math.sqrt(2.0 * NEGLIGIBLE_PRIOR_LOG2 / LOG2E)
 
 
 def token_coords(index: Tensor, grid_w: int, num_prefix_tokens: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -24,7 +24,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kkattn import gaussian_prior
@@ -260,6 +259,3 @@ class FeaturePyramid(nn.Module):
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         return [level(f) for level, f in zip(self.levels, features)]
 
-
-def resize_like(x: Tensor, ref: Tensor) -> Tensor:
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
