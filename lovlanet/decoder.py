@@ -37,7 +37,8 @@ class SpatialFeatureFusion(nn.Module):
         """The top-down sum over the lateral maps ``Li(Fi)``, deepest last."""
         fused = laterals[-1]
         for shallow in reversed(laterals[:-1]):
-            fused = shallow + F.interpolate(fused, size=shallow.shape[-2:], mode="bilinear", align_corners=False)
+            # added into the upsampled map (fresh, and not needed by its backward): no second full-size buffer
+            fused = F.interpolate(fused, size=shallow.shape[-2:], mode="bilinear", align_corners=False).add_(shallow)
         return fused
 
 
