@@ -240,18 +240,19 @@ struct V {
   __attribute__((always_inline)) static F set1(float x) { return _mm512_set1_ps(x); }
   __attribute__((always_inline)) static F load(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   __attribute__((always_inline)) static void store(float* p, int64_t n, F x) { _mm512_mask_storeu_ps(p, mask(n), x); }
-  // The same Cephes polynomial as exp_poly; 0 below −87.3 and off the first n lanes.
+  // The same Cephes polynomial as exp_poly (cephes_exp); 0 below −87.3 and off the first n lanes.
   __attribute__((always_inline)) static F exp(F x, int64_t n) {
-    const __mmask16 k = _mm512_mask_cmp_ps_mask(mask(n), x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-    const __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    using namespace cephes_exp;
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(mask(n), x, _mm512_set1_ps(kExpUnderflow), _CMP_GE_OQ);
+    const __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.9875691500e-4f), _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(kLn2Hi), x);
+    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(kLn2Lo), r);
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(kP0), _mm512_set1_ps(kP1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kP5));
     p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.f));
     return _mm512_maskz_scalef_ps(k, p, m);
   }

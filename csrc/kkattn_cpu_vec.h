@@ -61,21 +61,31 @@ __attribute__((always_inline)) inline V load(const float* p) {  // unaligned vec
 template <typename V>
 __attribute__((always_inline)) inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 
+// Cephes' expf, once for every vector code here and in kkattn_cpu_epilogue.h: exp(x) = 2^n·p(r), n = round(x·log2 e),
+// r = x − n·ln 2 in two parts (ln2_hi exact in 9 bits), p a degree-5 polynomial; 0 below kExpUnderflow.
+namespace cephes_exp {
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+constexpr float kExpUnderflow = -87.3f, kExpOverflow = 88.3f;
+}  // namespace cephes_exp
+
 template <typename F, typename I>
 __attribute__((always_inline)) inline F exp_poly(F x) {
+  using namespace cephes_exp;
   constexpr float kRound = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  const auto underflow = x < -87.3f;
-  x = underflow ? F{} - 87.3f : x;
-  x = x > 88.3f ? F{} + 88.3f : x;
-  const F t = x * 1.44269504088896341f + kRound;
+  const auto underflow = x < kExpUnderflow;
+  x = underflow ? F{} + kExpUnderflow : x;
+  x = x > kExpOverflow ? F{} + kExpOverflow : x;
+  const F t = x * kLog2e + kRound;
   const F n = t - kRound;
-  F r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  F r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  F p = r * kP0 + kP1;
+  p = p * r + kP2;
+  p = p * r + kP3;
+  p = p * r + kP4;
+  p = p * r + kP5;
   p = p * r * r + r + 1.0f;
   I ti, ki;
   const F round_v = F{} + kRound;
