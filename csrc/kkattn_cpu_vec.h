@@ -64,7 +64,7 @@ __attribute__((always_inline)) inline void store(float* p, V v) { std::memcpy(p,
 // Cephes' expf, once for every vector code here and in kkattn_cpu_epilogue.h: exp(x) = 2^n·p(r), n = round(x·log2 e),
 // r = x − n·ln 2 in two parts (ln2_hi exact in 9 bits), p a degree-5 polynomial; 0 below kExpUnderflow.
 namespace cephes_exp {
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;  // kLog2e: kkattn_math.h
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
                 kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 constexpr float kExpUnderflow = -87.3f, kExpOverflow = 88.3f;

@@ -53,7 +53,6 @@ constexpr int kBN = 64;             // keys per block
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTable = 256;         // g(t) for t < kTable from shared memory; beyond, computed
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
 template <> __device__ __forceinline__ float to_f<half>(half x) { return __half2float(x); }

@@ -15,6 +15,10 @@
 
 namespace kkattn {
 
+// log2(e), for the kernels' exp2 forms (the CUDA weights, the CPU exp's range reduction).  Python's value:
+// kkattn/_prior.py LOG2E.
+constexpr float kLog2e = 1.4426950408889634f;
+
 // A prior entry below 2^-24 changes no fp32 softmax weight: exp(s + g) = exp(s)·exp(g) and
 // fl(exp(g)) == 1 for 0 <= g < 2^-24 (round to nearest), so tiles or grid rows whose *largest*
 // G is below this bound skip the prior's work without changing the fp32 result.  (Only dσ, which
