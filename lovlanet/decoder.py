@@ -65,6 +65,8 @@ def lateral_through(level: nn.Module, lateral: nn.Conv2d, x: Tensor) -> Tensor:
     y = x.permute(0, 2, 3, 1)  # (B, h, w, C): a view of channels-last maps (the encoder's)
     if not _is_pixel_deconv(layers[-1]):  # the lateral after an identity level
         return _linear_last(y, mix.t(), lateral.bias).permute(0, 3, 1, 2)
+    # Every layer of a level acts per pixel, so the sub-pixel offsets of each step stay as extra dims
+    # (B, h, w, r1, c1, r2, c2, ..., C) and the pixels are put in place once, at the end.
     for layer in layers[:-1]:
         if _is_pixel_deconv(layer):
             y = _pixel_deconv(y, layer.weight, layer.bias, layer.stride[0])
@@ -81,7 +83,7 @@ def lateral_through(level: nn.Module, lateral: nn.Conv2d, x: Tensor) -> Tensor:
         bias = lateral.bias
         if last.bias is not None:
             bias = mix @ last.bias if bias is None else torch.addmv(bias, mix, last.bias)
-    return _pixel_deconv(y, weight, bias, last.stride[0]).permute(0, 3, 1, 2)
+    return _place_pixels(_pixel_deconv(y, weight, bias, last.stride[0])).permute(0, 3, 1, 2)
 
 
 def _is_pixel_deconv(m: nn.Module) -> bool:
@@ -99,15 +101,26 @@ def _linear_last(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
 
 
 def _pixel_deconv(y: Tensor, weight: Tensor, bias: Optional[Tensor], k: int) -> Tensor:
-    """ConvTranspose2d with kernel = stride = k on a channels-last map: ``(B, h, w, C_in) -> (B, k·h, k·w, C_out)``.
-
-    weight ``(C_in, C_out, k, k)``, as ``nn.ConvTranspose2d`` stores it.
+    """ConvTranspose2d with kernel = stride = k on a channels-last map, its k×k outputs per input pixel left as two
+    dims before the channels: ``(B, h, w, ..., C_in) -> (B, h, w, ..., k, k, C_out)`` (:func:`_place_pixels` puts
+    them in place).  weight ``(C_in, C_out, k, k)``, as ``nn.ConvTranspose2d`` stores it.
     """
-    batch, h, w, c_in = y.shape
-    c_out = weight.shape[1]
+    c_in, c_out = weight.shape[:2]
     out = _linear_last(y, weight.permute(0, 2, 3, 1).reshape(c_in, k * k * c_out),
-                       None if bias is None else bias.repeat(k * k))  # (B, h, w, (i, j, c))
-    return out.view(batch, h, w, k, k, c_out).permute(0, 1, 3, 2, 4, 5).reshape(batch, h * k, w * k, c_out)
+                       None if bias is None else bias.repeat(k * k))  # (..., (i, j, c))
+    return out.view(*y.shape[:-1], k, k, c_out)
+
+
+def _place_pixels(y: Tensor) -> Tensor:
+    """``(B, h, w, r1, c1, ..., rn, cn, C) -> (B, h·r1···rn, w·c1···cn, C)``: each step's sub-pixel row and column
+    offsets, outermost first, into the map (one copy)."""
+    rows, cols = [1], [2]
+    height, width = y.shape[1], y.shape[2]
+    for step in range((y.dim() - 4) // 2):  # a plain loop: torch.compile(fullgraph=True) traces it
+        rows.append(3 + 2 * step)
+        cols.append(4 + 2 * step)
+        height, width = height * y.shape[3 + 2 * step], width * y.shape[4 + 2 * step]
+    return y.permute([0, *rows, *cols, y.dim() - 1]).reshape(y.shape[0], height, width, y.shape[-1])
 
 
 class CrossModalAlignment(nn.Module):
