@@ -48,9 +48,10 @@ namespace kkattn {
 namespace cpu {
 namespace {
 
-struct Epilogue {
+// What both epilogues take from their tile (set_tile, kkattn_cpu_tiles.h).
+struct EpilogueTile {
   bool avx512;  // take the AVX-512-BF16 pass (vector_isa_avx512)
-  float* s;  // ri × rj logits, leading dimension ld; the diagonal tile's (a, a) entries are set to −inf here
+  float* s;     // ri × rj logits, leading dimension ld; the diagonal tile's (a, a) entries are set to −inf here
   int64_t ld, i0, ri, j0, rj;
   bool diagonal, both_sides;
   float scale;
@@ -58,7 +59,10 @@ struct Epilogue {
   int64_t h;
   const KeyRun* runs;  // the strip's key runs (strip_runs), n_runs of them
   int64_t n_runs;
-  float* g;                  // scratch, rj: one row of the prior
+  float* g;  // scratch, rj: one row of the prior
+};
+
+struct Epilogue : EpilogueTile {
   const float *c, *w, *iw;   // the head's c, W = exp(c − c_max) and (fp16) 1/W, indexed by token
   float *row_sum, *col_sum;  // ri and rj
   void* a;                   // half: A, ri × lda
@@ -67,17 +71,7 @@ struct Epilogue {
   int64_t ldm;
 };
 
-struct BackwardEpilogue {
-  bool avx512;
-  float* s;  // as in Epilogue; becomes T (fp32)
-  int64_t ld, i0, ri, j0, rj;
-  bool diagonal, both_sides;
-  float scale;
-  const Prior* prior;
-  int64_t h;
-  const KeyRun* runs;
-  int64_t n_runs;
-  float* g;
+struct BackwardEpilogue : EpilogueTile {  // s becomes T (fp32)
   const float *c, *w, *r;                      // the head's c, W and r = exp(c + c_max − lse), by token
   const float *delta, *delta_diag, *p_diag;    // δ, δ' and the forward's P_ii, by token
   const float *dp, *dpt;                       // dP_iJ and dP_Jiᵀ, ri × rj (ld)
@@ -109,8 +103,7 @@ __attribute__((always_inline)) inline uint16_t half_bits(float x) {
 
 // Before row a: leaves the diagonal out (E_aa = 0: the forward adds it apart, the backward patches it) and builds
 // the row's prior in g; false when it has none.
-template <typename E>
-inline bool start_row(const E& t, int64_t a) {
+inline bool start_row(const EpilogueTile& t, int64_t a) {
   if (t.diagonal) t.s[a * t.ld + a] = -std::numeric_limits<float>::infinity();
   return t.prior && prior_row(*t.prior, t.h, t.i0 + a, t.runs, t.n_runs, t.rj, t.g);
 }

@@ -132,11 +132,10 @@ struct Smoother {
   }
 };
 
-// The fields a smoother epilogue (Epilogue or BackwardEpilogue) takes from the tile: its place, the scale, and the
+// The fields a smoother epilogue takes from the tile (EpilogueTile): its place, the scale, and the
 // prior's runs when any entry of the tile is not negligible.
-template <typename E>
-void set_tile(E& t, const Problem& pb, int64_t h, int64_t i0, int64_t ri, int64_t j0, int64_t rj, bool both_sides,
-              Scratch& w) {
+inline void set_tile(EpilogueTile& t, const Problem& pb, int64_t h, int64_t i0, int64_t ri, int64_t j0, int64_t rj,
+                     bool both_sides, Scratch& w) {
   t.avx512 = pb.avx512;
   t.ld = padded(rj), t.i0 = i0, t.ri = ri, t.j0 = j0, t.rj = rj;
   t.diagonal = i0 == j0, t.both_sides = both_sides, t.scale = pb.scale, t.h = h;
