@@ -177,6 +177,17 @@ struct PackedB {
                         block + (j / 2) * wc);
     }
   }
+  // by_tokens only: out (D × ldt, ldt ≥ Np, zeros past N) = Xᵀ, each block's 32-bit slots split into the two
+  // channels' rows: the A operand of the smoother's transposed products, from the transpose pack already did.
+  void split_rows(std::vector<T>& out, int64_t ldt) const {
+    out.assign(D * ldt, T(0.f));
+    const uint32_t* in = reinterpret_cast<const uint32_t*>(data.data());
+    uint16_t* o = reinterpret_cast<uint16_t*>(out.data());
+    for (int64_t m = 0; m < Np / kTile; ++m)
+      for (int64_t c2 = 0; c2 < D / 2; ++c2)
+        split_halves(in + (m * (D / 2) + c2) * kTile, kTile, o + 2 * c2 * ldt + m * kTile,
+                     o + (2 * c2 + 1) * ldt + m * kTile);
+  }
   // by_tokens: block m (tokens m·kTile ..).  by_rows: column block cb from token j0 on (j0 a multiple of kTile).
   const T* block(int64_t m) const { return data.data() + m * D * kTile; }
   const T* rows_from(int64_t cb, int64_t j0) const {
@@ -215,9 +226,9 @@ struct Operands {
   static constexpr bool kRowScaled = std::is_same_v<T, at::Half>;
   const T *k = nullptr, *v = nullptr, *dout = nullptr;
   PackedB<T> k_tokens, k_rows, v_tokens, v_rows, dout_tokens, dout_rows;
-  std::vector<uint32_t> pairs;  // transpose_rows' scratch
   // Transposed rows (D × ldt, zeros past N), the A operands of the smoother's transposed products (Cᵀ += Xᵀ·M with
-  // M the epilogue's VNNI operand): Vᵀ in the forward, Kᵀ and dOᵀ in the backward.  ldt = N rounded up to kTile,
+  // M the epilogue's VNNI operand): Vᵀ in the forward, Kᵀ and dOᵀ in the backward, split from the by-tokens packs
+  // (PackedB::split_rows).  ldt = N rounded up to kTile,
   // plus 16: a power-of-two stride would put a C tile's rows in one cache set.
   std::vector<T> v_t, k_t, dout_t;
   int64_t D = 0, ldt = 0;
@@ -226,7 +237,8 @@ struct Operands {
     k = k_, v = v_, D = D_;
     k_tokens.pack(k, N, D, false);
     v_rows.pack(v, N, D, true);
-    transpose_rows(v, N, v_t);
+    v_tokens.pack(v, N, D, false);  // for Vᵀ only
+    v_tokens.split_rows(v_t, ldt = padded(N) + 16);
   }
   void prepare_backward(const T* k_, const T* v_, const T* dout_, int64_t N, int64_t D_) {
     k = k_, v = v_, dout = dout_, D = D_;
@@ -235,18 +247,9 @@ struct Operands {
     v_tokens.pack(v, N, D, false);
     dout_tokens.pack(dout, N, D, false);
     dout_rows.pack(dout, N, D, true);
-    transpose_rows(k, N, k_t);
-    transpose_rows(dout, N, dout_t);
-  }
-  // out (D × ldt) = xᵀ: x's rows read as pairs of channels, transposed in 32-bit slots, then split into the two
-  // channels' rows.
-  void transpose_rows(const T* x, int64_t N, std::vector<T>& out) {
     ldt = padded(N) + 16;
-    pairs.assign(D / 2 * ldt, 0u);
-    transpose32(reinterpret_cast<const uint32_t*>(x), N, D / 2, D / 2, pairs.data(), ldt);
-    out.resize(D * ldt);
-    uint16_t* o = reinterpret_cast<uint16_t*>(out.data());
-    for (int64_t c2 = 0; c2 < D / 2; ++c2) split_halves(pairs.data() + c2 * ldt, ldt, o + 2 * c2 * ldt, o + (2 * c2 + 1) * ldt);
+    k_tokens.split_rows(k_t, ldt);
+    dout_tokens.split_rows(dout_t, ldt);
   }
   const T* transposed(Role r) const { return (r == Role::k ? k_t : r == Role::v ? v_t : dout_t).data(); }
   const T* rows(Role r) const { return r == Role::k ? k : r == Role::v ? v : dout; }
