@@ -64,7 +64,7 @@ def lateral_through(level: nn.Module, lateral: nn.Conv2d, x: Tensor) -> Tensor:
     mix = lateral.weight[:, :, 0, 0]  # (C_lateral, C_mid)
     y = x.permute(0, 2, 3, 1)  # (B, h, w, C): a view of channels-last maps (the encoder's)
     if not _is_pixel_deconv(layers[-1]):  # the lateral after an identity level
-        return _linear_last(y, mix.t(), lateral.bias).permute(0, 3, 1, 2)
+        return _linear_last(y, mix, lateral.bias).permute(0, 3, 1, 2)
     # Every layer of a level acts per pixel, so the sub-pixel offsets of each step stay as extra dims
     # (B, h, w, r1, c1, r2, c2, ..., C) and the pixels are put in place once, at the end.
     for layer in layers[:-1]:
@@ -94,10 +94,9 @@ def _is_pixel_deconv(m: nn.Module) -> bool:
 
 
 def _linear_last(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``y @ weight + bias`` over the last dim of ``y (..., C_in)``; weight ``(C_in, C_out)``."""
-    flat = y.reshape(-1, y.shape[-1])
-    out = F.linear(flat, weight.t(), bias)  # autocast casts all three alike
-    return out.view(*y.shape[:-1], weight.shape[1])
+    """``F.linear`` over the last dim of ``y (..., C_in)``; weight ``(C_out, C_in)``."""
+    out = F.linear(y.reshape(-1, y.shape[-1]), weight, bias)  # autocast casts all three alike
+    return out.view(*y.shape[:-1], weight.shape[0])
 
 
 def _pixel_deconv(y: Tensor, weight: Tensor, bias: Optional[Tensor], k: int) -> Tensor:
@@ -106,7 +105,7 @@ def _pixel_deconv(y: Tensor, weight: Tensor, bias: Optional[Tensor], k: int) -> 
     them in place).  weight ``(C_in, C_out, k, k)``, as ``nn.ConvTranspose2d`` stores it.
     """
     c_in, c_out = weight.shape[:2]
-    out = _linear_last(y, weight.permute(0, 2, 3, 1).reshape(c_in, k * k * c_out),
+    out = _linear_last(y, weight.permute(2, 3, 1, 0).reshape(k * k * c_out, c_in),
                        None if bias is None else bias.repeat(k * k))  # (..., (i, j, c))
     return out.view(*y.shape[:-1], k, k, c_out)
 
@@ -148,7 +147,7 @@ class CrossModalAlignment(nn.Module):
         """With ``embeddings=False`` (inference) the second output is None, and the logits are the per-pixel
         products divided by the norm, ``τ·(e·t)/max(‖e‖, 1e-12)``: F.normalize's result without the
         normalized full-width map."""
-        projected = _linear_last(p1.permute(0, 2, 3, 1), self.proj.weight[:, :, 0, 0].t(), self.proj.bias)
+        projected = _linear_last(p1.permute(0, 2, 3, 1), self.proj.weight[:, :, 0, 0], self.proj.bias)
         text = text.to(projected.dtype)
         if embeddings:
             unit = F.normalize(projected, dim=-1)  # (B, h, w, E)
