@@ -83,8 +83,6 @@ struct BackwardEpilogue : EpilogueTile {  // s becomes T (fp32)
   int64_t lda;
 };
 
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16u16 __attribute__((vector_size(32)));
 
 // x rounded to bf16 (nearest even; finite x), its bits in the high half of each 32-bit lane, the low half zero.
 __attribute__((always_inline)) inline v16u bf16_high(v16f x) {

@@ -102,6 +102,8 @@ __attribute__((always_inline)) inline v8f exp8(v8f x) { return exp_poly<v8f, v8i
 // 16 lanes for the smoother's exp pass: one zmm on AVX-512, two ymm on AVX2.
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
 
 // The scalar tail uses the same polynomial on one lane, so results do not depend on alignment.
 __attribute__((always_inline)) inline float exp_approx(float x) {
@@ -214,14 +216,12 @@ KKATTN_CLONES void transpose32(const uint32_t* src, int64_t rows, int64_t cols, 
 }
 
 // VNNI pairs of rows: dst[c] = even[c] | odd[c] << 16 for n (a multiple of 16) 16-bit columns; odd null: zeros.
-typedef uint16_t v16h16 __attribute__((vector_size(32)));
-typedef uint32_t v16w32 __attribute__((vector_size(64)));
 KKATTN_CLONES void interleave_rows(const uint16_t* even, const uint16_t* odd, int64_t n, uint32_t* dst) {
   for (int64_t c = 0; c < n; c += 16) {
-    v16h16 e, o = {};
+    v16u16 e, o = {};
     std::memcpy(&e, even + c, sizeof e);
     if (odd) std::memcpy(&o, odd + c, sizeof o);
-    const v16w32 w = __builtin_convertvector(e, v16w32) | (__builtin_convertvector(o, v16w32) << 16);
+    const v16u w = __builtin_convertvector(e, v16u) | (__builtin_convertvector(o, v16u) << 16);
     std::memcpy(dst + c, &w, sizeof w);
   }
 }
@@ -229,9 +229,9 @@ KKATTN_CLONES void interleave_rows(const uint16_t* even, const uint16_t* odd, in
 // The two halves of n (a multiple of 16) 32-bit slots: lo[c] = src[c] & 0xFFFF, hi[c] = src[c] >> 16.
 KKATTN_CLONES void split_halves(const uint32_t* src, int64_t n, uint16_t* lo, uint16_t* hi) {
   for (int64_t c = 0; c < n; c += 16) {
-    v16w32 w;
+    v16u w;
     std::memcpy(&w, src + c, sizeof w);
-    const v16h16 l = __builtin_convertvector(w & 0xFFFFu, v16h16), h = __builtin_convertvector(w >> 16, v16h16);
+    const v16u16 l = __builtin_convertvector(w & 0xFFFFu, v16u16), h = __builtin_convertvector(w >> 16, v16u16);
     std::memcpy(lo + c, &l, sizeof l);
     std::memcpy(hi + c, &h, sizeof h);
   }
